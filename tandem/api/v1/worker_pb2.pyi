@@ -152,12 +152,14 @@ class DecodeChunk(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., sample_index: _Optional[int] = ..., token_ids: _Optional[_Iterable[int]] = ..., logprobs: _Optional[_Iterable[_Union[_inference_pb2.TokenLogprob, _Mapping]]] = ..., sections: _Optional[_Iterable[_Union[_inference_pb2.TokenSection, str]]] = ..., finish_reason: _Optional[_Union[_inference_pb2.FinishReason, str]] = ..., finish_detail: _Optional[str] = ..., num_cached_prompt_tokens: _Optional[int] = ..., hidden_state: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class CancelRequest(_message.Message):
-    __slots__ = ("request_id", "reason")
+    __slots__ = ("request_id", "reason", "sample_indices")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_INDICES_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     reason: str
-    def __init__(self, request_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+    sample_indices: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, request_id: _Optional[str] = ..., reason: _Optional[str] = ..., sample_indices: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class CancelResponse(_message.Message):
     __slots__ = ("found", "num_freed_blocks")

@@ -1,0 +1,45 @@
+"""`tandem decode`: a decode worker (gRPC service, KV receiver over UCX, engine)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+
+from decode_worker.service import DecodeService
+from tandem.api.v1 import worker_pb2_grpc
+from tandem.kv.grants import GrantTable
+from tandem.kv.transport import KVTransferConfig
+from tandem.kv.ucx_receiver import UCXKVReceiver
+from tandem.serving.engine_loop import EngineLoop
+from tandem.serving.grpc_server import ServiceBinding
+from tandem.serving.worker_args import add_worker_arguments
+from tandem.serving.worker_identity import WorkerIdentity
+from tandem.serving.worker_main import WorkerParts, add_ready_file_argument, serve_worker
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of `tandem decode`."""
+    add_worker_arguments(parser)
+    parser.add_argument("--kv-host", default=os.environ.get("POD_IP", "127.0.0.1"),
+                        help="address prefill workers reach this worker's KV receiver at")
+    parser.add_argument("--kv-port", type=int, default=13337, help="UCX listener port (0 = any)")
+    add_ready_file_argument(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Runs the decode worker until SIGTERM."""
+    return asyncio.run(serve_worker(args, "decode", lambda loop, identity: _setup(args, loop, identity)))
+
+
+async def _setup(args: argparse.Namespace, loop: EngineLoop, identity: WorkerIdentity) -> WorkerParts:
+    kv_cache = loop.engine.kv_cache
+    grants = GrantTable(kv_cache.shape[0], kv_cache.shape[1])
+    receiver = UCXKVReceiver(kv_cache, grants, host=args.kv_host, port=args.kv_port,
+                             config=KVTransferConfig())
+    await receiver.start()
+    service = DecodeService(loop, grants, receiver.address, identity)
+    grants.on_release = service.on_grant_released
+    binding = ServiceBinding(worker_pb2_grpc.add_DecodeWorkerServicer_to_server, service,
+                             "tandem.v1.DecodeWorker")
+    return WorkerParts(binding, service, {"kv_address": receiver.address}, receiver.close)

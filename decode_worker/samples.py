@@ -1,0 +1,72 @@
+"""One decode request's samples: engine ids, shared budgets, and which are still running.
+
+Sample 0 keeps the request id (it owns the reservation); sample i > 0 runs as "<id>#i". The
+request-wide limits, the total-token ceiling (from the cost budget) and the deadline, are enforced
+here, where the tokens are counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+from tandem.api.v1 import inference_pb2
+
+CANCELLED = inference_pb2.FINISH_REASON_CANCELLED
+
+
+@dataclass(slots=True)
+class SampleGroup:
+    """The running samples of one request and the events they feed."""
+
+    request_id: str
+    num_samples: int
+    max_total_tokens: int = 0
+    deadline: float = 0.0
+    queue: asyncio.Queue = field(default_factory=asyncio.Queue)
+    running: set[int] = field(default_factory=set)
+    num_tokens: int = 0
+
+    def __post_init__(self) -> None:
+        self.running = set(range(self.num_samples))
+
+    def engine_id(self, sample_index: int) -> str:
+        """The engine's id for one sample."""
+        return self.request_id if sample_index == 0 else f"{self.request_id}#{sample_index}"
+
+    def sample_index(self, engine_id: str) -> int:
+        """The sample an engine id belongs to."""
+        _, _, suffix = engine_id.partition("#")
+        return int(suffix) if suffix else 0
+
+    def engine_ids(self, sample_indices=None) -> list[str]:
+        """Engine ids of the given samples (default: those still running)."""
+        indices = self.running if sample_indices is None else sample_indices
+        return [self.engine_id(i) for i in sorted(indices)]
+
+    def count_tokens(self, num_tokens: int) -> bool:
+        """Adds generated tokens; True once the request-wide ceiling is reached."""
+        self.num_tokens += num_tokens
+        return 0 < self.max_total_tokens <= self.num_tokens
+
+    def seconds_left(self) -> float | None:
+        """Seconds to the deadline, or None without one."""
+        return None if not self.deadline else self.deadline - time.time()
+
+    def cancel(self, sample_indices: list[int], detail: str) -> list[int]:
+        """Marks samples cancelled and wakes the stream; returns those that were running."""
+        stopped = [i for i in sample_indices if i in self.running]
+        for index in stopped:
+            self.running.discard(index)
+            self.queue.put_nowait(SampleStopped(index, CANCELLED, detail))
+        return stopped
+
+
+@dataclass(slots=True, frozen=True)
+class SampleStopped:
+    """Put on a group's queue when a sample ends outside the engine (cancel, deadline, budget)."""
+
+    sample_index: int
+    finish_reason: int
+    detail: str

@@ -1,0 +1,1 @@
+"""Phase-load autoscaling of the worker pools: metrics sources, the policy loop and the scaler."""

@@ -1,0 +1,112 @@
+"""One TandemDeployment's autoscaler: metrics -> shared policy -> connector, pool by pool.
+
+Each pool keeps its own `PhaseAutoscaler` (and so its stabilisation history) across ticks; a
+changed policy config starts that pool's history afresh. A pool whose autoscaling is off is never
+read nor touched: its replicas stay what the spec says.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from tandem.policy.autoscaling import AutoscalingConfig, Phase, PhaseAutoscaler, ScalingDecision
+
+from tandem_operator.autoscale.connector import ScalingConnector
+from tandem_operator.autoscale.metrics import (
+    MetricsSource,
+    MetricsUnavailable,
+    PoolRef,
+    to_pool_metrics,
+)
+from tandem_operator.kube import KubeError
+from tandem_operator.spec import AutoscalingSpec, DeploymentSpec, pool_autoscaling_config
+from tandem_operator.status import WorkloadState
+
+
+@dataclass(slots=True, frozen=True)
+class PoolDecision:
+    """What the autoscaler decided for one pool on one tick (or why it could not)."""
+
+    pool: PoolRef
+    num_replicas_before: int
+    num_replicas: int
+    reason: str
+    is_change: bool
+    time: str
+
+    def as_status(self) -> dict[str, Any]:
+        """The decision as it appears in the TandemDeployment status."""
+        return {"pool": self.pool.name, "tier": self.pool.tier, "phase": self.pool.phase.value,
+                "fromReplicas": self.num_replicas_before, "toReplicas": self.num_replicas,
+                "reason": self.reason, "isChange": self.is_change, "time": self.time}
+
+
+class DeploymentAutoscaler:
+    """Runs the shared policy for every autoscaled pool of one TandemDeployment."""
+
+    def __init__(self, source_factory: Callable[[AutoscalingSpec], MetricsSource],
+                 connector: ScalingConnector) -> None:
+        self._source_factory = source_factory
+        self._connector = connector
+        self._source: tuple[AutoscalingSpec, MetricsSource] | None = None
+        self._pools: dict[str, tuple[AutoscalingConfig, PhaseAutoscaler]] = {}
+
+    async def tick(self, now: float, namespace: str, spec: DeploymentSpec,
+                   states: Mapping[str, WorkloadState]) -> list[PoolDecision]:
+        """Observes, decides and scales each autoscaled pool; `now` is a monotonic time in s."""
+        decisions, seen = [], set()
+        for tier in spec.tiers:
+            for phase in Phase:
+                pool = PoolRef(namespace, spec.name, tier.name, phase)
+                config = pool_autoscaling_config(
+                    spec.autoscaling, tier.prefill if phase is Phase.PREFILL else tier.decode)
+                state = states.get(pool.name)
+                if not config.enabled or state is None:
+                    continue
+                seen.add(pool.name)
+                decisions.append(await self._tick_pool(now, pool, config, state, spec.autoscaling))
+        self._pools = {name: entry for name, entry in self._pools.items() if name in seen}
+        return decisions
+
+    async def _tick_pool(self, now: float, pool: PoolRef, config: AutoscalingConfig,
+                         state: WorkloadState, autoscaling: AutoscalingSpec) -> PoolDecision:
+        current = state.num_desired
+        try:
+            load = await self._source_for(autoscaling).read_load(pool)
+        except MetricsUnavailable as exc:
+            return _decision(pool, current, ScalingDecision(current, f"holding: {exc}", False))
+        metrics = to_pool_metrics(pool, load, state.num_ready, current)
+        decision = self._autoscaler_for(pool, config).on_tick(now, metrics)
+        if decision.is_change:
+            try:
+                await self._connector.scale(pool, decision.desired_replicas)
+            except KubeError as exc:
+                failed = f"could not scale to {decision.desired_replicas}: {exc}"
+                return _decision(pool, current, ScalingDecision(current, failed, False))
+        return _decision(pool, current, decision)
+
+    def _autoscaler_for(self, pool: PoolRef, config: AutoscalingConfig) -> PhaseAutoscaler:
+        entry = self._pools.get(pool.name)
+        if entry is None or entry[0] != config:
+            entry = (config, PhaseAutoscaler(config, pool.phase))
+            self._pools[pool.name] = entry
+        return entry[1]
+
+    def _source_for(self, autoscaling: AutoscalingSpec) -> MetricsSource:
+        # Sources keep state between ticks (previous scrapes): rebuild only when their spec changes.
+        if self._source is None or _source_key(self._source[0]) != _source_key(autoscaling):
+            self._source = (autoscaling, self._source_factory(autoscaling))
+        return self._source[1]
+
+
+def _source_key(autoscaling: AutoscalingSpec) -> tuple[Any, ...]:
+    return autoscaling.metrics_source, autoscaling.prometheus_url, autoscaling.rate_window
+
+
+def _decision(pool: PoolRef, current: int, decision: ScalingDecision) -> PoolDecision:
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return PoolDecision(pool, current, decision.desired_replicas, decision.reason,
+                        decision.is_change, now)

@@ -1,0 +1,1 @@
+"""Plain functions behind the kopf decorators in `tandem_operator.main`."""

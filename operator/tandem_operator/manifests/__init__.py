@@ -1,0 +1,1 @@
+"""The Kubernetes manifests the operator renders for a TandemDeployment."""

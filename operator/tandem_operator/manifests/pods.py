@@ -1,0 +1,196 @@
+"""Pod templates of the router and of the prefill and decode workers (one image, `tandem <role>`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tandem_operator.naming import Role, policy_config_name, router_name, workload_labels
+from tandem_operator.spec import MODEL_MOUNT_DIR, DeploymentSpec, ModelSource, PoolSpec, TierSpec
+
+GRPC_PORT = 50051
+HTTP_PORT = 8000
+METRICS_PORT = 9090
+KV_PORT = 13337
+RUN_AS_USER = 10001
+WORKER_GRACE_S = 60  # the workers drain in-flight requests for up to 30 s on SIGTERM
+POLICY_DIR = "/etc/tandem/policy"
+API_KEYS_DIR = "/etc/tandem/api-keys"
+TLS_DIR = "/etc/tandem/tls"
+POLICY_FILE = "policy.yaml"
+API_KEYS_FILE = "api-keys.yaml"
+
+
+def worker_pod_template(spec: DeploymentSpec, tier: TierSpec, role: Role) -> dict[str, Any]:
+    """The pod template of one tier's prefill or decode pool."""
+    pool = tier.prefill if role is Role.PREFILL else tier.decode
+    ports = [_port("grpc", GRPC_PORT), _port("metrics", METRICS_PORT)]
+    if role is Role.DECODE:
+        ports.append(_port("kv", KV_PORT))
+    volumes, mounts = _scratch_volumes()
+    if tier.model.source is not ModelSource.IMAGE:
+        volumes.append(_model_volume(tier))
+        mounts.append({"name": "model", "mountPath": MODEL_MOUNT_DIR, "readOnly": True})
+    container = {
+        "name": role.value,
+        "image": spec.image,
+        "imagePullPolicy": spec.image_pull_policy,
+        "command": ["tandem"],
+        "args": _worker_args(tier, pool, role),
+        "env": _worker_env(pool),
+        "ports": ports,
+        "resources": _worker_resources(pool),
+        "volumeMounts": mounts,
+        "securityContext": _container_security(["IPC_LOCK"] if pool.ucx.is_rdma else []),
+        **_grpc_probes(),
+    }
+    pod_spec = {
+        "automountServiceAccountToken": False,
+        "terminationGracePeriodSeconds": WORKER_GRACE_S,
+        "securityContext": _pod_security(),
+        "containers": [container],
+        "volumes": volumes,
+        **_placement(spec, pool.node_selector, pool.tolerations),
+    }
+    return {"metadata": {"labels": workload_labels(spec.name, role, tier.name)}, "spec": pod_spec}
+
+
+def router_pod_template(spec: DeploymentSpec, namespace: str) -> dict[str, Any]:
+    """The router's pod template: discovery through EndpointSlices, policy from a ConfigMap."""
+    router = spec.router
+    volumes, mounts = _scratch_volumes()
+    volumes.append({"name": "policy", "configMap": {"name": policy_config_name(spec.name)}})
+    mounts.append({"name": "policy", "mountPath": POLICY_DIR, "readOnly": True})
+    args = ["router", "--grpc-port", str(GRPC_PORT), "--http-port", str(HTTP_PORT),
+            "--metrics-port", str(METRICS_PORT), "--discovery", "kubernetes",
+            "--namespace", namespace, "--deployment", spec.name,
+            "--policy", f"{POLICY_DIR}/{POLICY_FILE}"]
+    if router.api_keys_secret:
+        volumes.append({"name": "api-keys", "secret": {"secretName": router.api_keys_secret}})
+        mounts.append({"name": "api-keys", "mountPath": API_KEYS_DIR, "readOnly": True})
+        args += ["--api-keys", f"{API_KEYS_DIR}/{API_KEYS_FILE}"]
+    if router.tls_secret:
+        volumes.append({"name": "tls", "secret": {"secretName": router.tls_secret}})
+        mounts.append({"name": "tls", "mountPath": TLS_DIR, "readOnly": True})
+        args += ["--tls-cert", f"{TLS_DIR}/tls.crt", "--tls-key", f"{TLS_DIR}/tls.key"]
+    container = {
+        "name": Role.ROUTER.value,
+        "image": spec.image,
+        "imagePullPolicy": spec.image_pull_policy,
+        "command": ["tandem"],
+        "args": args + router.extra_args,
+        "env": [_field_env("POD_NAME", "metadata.name"), {"name": "HOME", "value": "/tmp"}],
+        "ports": [_port("grpc", GRPC_PORT), _port("http", HTTP_PORT), _port("metrics", METRICS_PORT)],
+        "resources": _quantities(router.resources),
+        "volumeMounts": mounts,
+        "securityContext": _container_security([]),
+        # The kubelet's gRPC probe speaks plaintext only: probe the TCP port when TLS is on.
+        **(_tcp_probes() if router.tls_secret else _grpc_probes()),
+    }
+    pod_spec = {
+        "serviceAccountName": router_name(spec.name),
+        "securityContext": _pod_security(),
+        "containers": [container],
+        "volumes": volumes,
+        **_placement(spec, router.node_selector, router.tolerations),
+    }
+    return {"metadata": {"labels": workload_labels(spec.name, Role.ROUTER)}, "spec": pod_spec}
+
+
+def _worker_args(tier: TierSpec, pool: PoolSpec, role: Role) -> list[str]:
+    args = [role.value, "--model", tier.model.model_dir, "--grpc-port", str(GRPC_PORT),
+            "--metrics-port", str(METRICS_PORT), "--device", pool.device,
+            "--dtype", tier.model.dtype, "--worker-id", "$(POD_NAME)"]
+    if tier.model.served_name:
+        args += ["--model-name", tier.model.served_name]
+    if role is Role.DECODE:
+        args += ["--kv-port", str(KV_PORT), "--kv-host", "$(POD_IP)"]
+    return args + pool.extra_args
+
+
+def _worker_env(pool: PoolSpec) -> list[dict[str, Any]]:
+    env = [_field_env("POD_NAME", "metadata.name"), _field_env("POD_IP", "status.podIP"),
+           {"name": "HOME", "value": "/tmp"}]
+    env += [{"name": key, "value": value} for key, value in sorted(pool.ucx.env().items())]
+    return env + pool.env
+
+
+def _worker_resources(pool: PoolSpec) -> dict[str, Any]:
+    resources = _quantities(pool.resources)
+    limits = resources.setdefault("limits", {})
+    if pool.num_gpus:
+        limits["nvidia.com/gpu"] = str(pool.num_gpus)
+    if pool.ucx.is_rdma:
+        limits[pool.ucx.rdma_resource] = str(pool.ucx.num_rdma_devices)
+    if not limits:
+        del resources["limits"]
+    return resources
+
+
+def _quantities(resources: dict[str, Any]) -> dict[str, Any]:
+    # The API server returns quantities as strings; render them so to compare like with like.
+    return {section: {name: str(value) for name, value in amounts.items()}
+            for section, amounts in resources.items()}
+
+
+def _model_volume(tier: TierSpec) -> dict[str, Any]:
+    model = tier.model
+    if model.source is ModelSource.PVC:
+        return {"name": "model",
+                "persistentVolumeClaim": {"claimName": model.claim_name, "readOnly": True}}
+    return {"name": "model", "hostPath": {"path": model.path, "type": "Directory"}}
+
+
+def _scratch_volumes() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    # The root filesystem is read-only: /tmp for caches, a memory-backed /dev/shm for CUDA IPC.
+    volumes = [{"name": "tmp", "emptyDir": {}}, {"name": "dshm", "emptyDir": {"medium": "Memory"}}]
+    mounts = [{"name": "tmp", "mountPath": "/tmp"}, {"name": "dshm", "mountPath": "/dev/shm"}]
+    return volumes, mounts
+
+
+def _placement(spec: DeploymentSpec, node_selector: dict[str, str],
+               tolerations: list[dict[str, Any]]) -> dict[str, Any]:
+    placement: dict[str, Any] = {}
+    if node_selector:
+        placement["nodeSelector"] = dict(node_selector)
+    if tolerations:
+        placement["tolerations"] = list(tolerations)
+    if spec.image_pull_secrets:
+        placement["imagePullSecrets"] = [{"name": name} for name in spec.image_pull_secrets]
+    return placement
+
+
+def _pod_security() -> dict[str, Any]:
+    return {"runAsNonRoot": True, "runAsUser": RUN_AS_USER, "runAsGroup": RUN_AS_USER,
+            "fsGroup": RUN_AS_USER, "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+def _container_security(added_capabilities: list[str]) -> dict[str, Any]:
+    capabilities: dict[str, Any] = {"drop": ["ALL"]}
+    if added_capabilities:
+        capabilities["add"] = added_capabilities  # IPC_LOCK: UCX pins RDMA memory
+    return {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True, "capabilities": capabilities}
+
+
+def _grpc_probes() -> dict[str, Any]:
+    probe = {"grpc": {"port": GRPC_PORT}}
+    return {
+        # Loading a large model can take many minutes: the startup probe allows up to 30.
+        "startupProbe": {**probe, "periodSeconds": 10, "failureThreshold": 180},
+        "readinessProbe": {**probe, "periodSeconds": 5, "failureThreshold": 2},
+        "livenessProbe": {**probe, "periodSeconds": 20, "failureThreshold": 3},
+    }
+
+
+def _tcp_probes() -> dict[str, Any]:
+    probe = {"tcpSocket": {"port": GRPC_PORT}}
+    return {"readinessProbe": {**probe, "periodSeconds": 5},
+            "livenessProbe": {**probe, "periodSeconds": 20, "failureThreshold": 3}}
+
+
+def _port(name: str, number: int) -> dict[str, Any]:
+    return {"name": name, "containerPort": number, "protocol": "TCP"}
+
+
+def _field_env(name: str, path: str) -> dict[str, Any]:
+    return {"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}}

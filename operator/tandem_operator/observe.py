@@ -1,0 +1,50 @@
+"""One tick of a TandemDeployment's background loop: observe the pools, autoscale, write status."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from tandem_operator.autoscale.controller import DeploymentAutoscaler, PoolDecision
+from tandem_operator.kube import KubeClient
+from tandem_operator.manifests.objects import Owner
+from tandem_operator.reconcile import list_owned, write_status
+from tandem_operator.spec import DeploymentSpec
+from tandem_operator.status import build_status, workload_state
+
+
+@dataclass(slots=True, frozen=True)
+class Observation:
+    """What one tick saw and did."""
+
+    status: dict[str, Any]
+    decisions: list[PoolDecision]
+
+    @property
+    def changes(self) -> list[PoolDecision]:
+        """The decisions that changed a pool's size."""
+        return [decision for decision in self.decisions if decision.is_change]
+
+
+async def observe_and_scale(kube: KubeClient, owner: Owner, spec: DeploymentSpec,
+                            autoscaler: DeploymentAutoscaler, now: float,
+                            previous: Mapping[str, Any]) -> Observation | None:
+    """Reads the pools, runs the autoscaler on them and writes the status; None before the
+    reconciler has created any workload."""
+    deployments = await list_owned(kube, owner, "Deployment")
+    if not deployments:
+        return None
+    states = {state.name: state for state in map(workload_state, deployments)}
+    decisions = await autoscaler.tick(now, owner.namespace, spec, states)
+    if any(decision.is_change for decision in decisions):
+        states = {state.name: state for state in
+                  map(workload_state, await list_owned(kube, owner, "Deployment"))}
+    status = build_status(spec, previous.get("observedGeneration"), states.values(), previous)
+    status["autoscaling"] = {"enabled": spec.autoscaling.is_enabled,
+                             "pools": [decision.as_status() for decision in decisions]}
+    observation = Observation(status, decisions)
+    if observation.changes:
+        status["lastScalingDecision"] = observation.changes[-1].as_status()
+    await write_status(kube, owner, status)
+    return observation

@@ -1,0 +1,88 @@
+"""Turns a TandemDeployment into its owned objects: list what exists, apply what is wanted, prune the rest."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from tandem_operator.apply import Outcome, apply_object
+from tandem_operator.kube import KubeClient
+from tandem_operator.manifests.objects import Owner, desired_objects
+from tandem_operator.naming import owned_labels
+from tandem_operator.spec import DeploymentSpec, ModelSource
+
+# Creation order: what the router's pods mount and run as comes before its Deployment.
+OWNED_KINDS = ("ConfigMap", "ServiceAccount", "Role", "RoleBinding", "Deployment", "Service",
+               "PodDisruptionBudget")
+
+
+@dataclass(slots=True)
+class ReconcileResult:
+    """What one reconciliation changed, and the Deployments as they now are."""
+
+    created: list[str] = field(default_factory=list)
+    patched: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    deployments: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def is_change(self) -> bool:
+        """Whether anything was created, patched or deleted."""
+        return bool(self.created or self.patched or self.deleted)
+
+    def summary(self) -> str:
+        """One line for events and logs."""
+        parts = [f"{len(names)} {verb}" for verb, names in
+                 (("created", self.created), ("patched", self.patched), ("deleted", self.deleted))
+                 if names]
+        return ", ".join(parts) if parts else "nothing to change"
+
+
+async def list_owned(kube: KubeClient, owner: Owner, kind: str) -> list[dict[str, Any]]:
+    """The objects of a kind that this TandemDeployment owns (by label and owner uid)."""
+    objects = await kube.list(kind, owner.namespace, owned_labels(owner.name))
+    return [obj for obj in objects if _is_owned_by(obj, owner)]
+
+
+async def missing_claims(kube: KubeClient, namespace: str, spec: DeploymentSpec) -> list[str]:
+    """The model PersistentVolumeClaims the spec names that do not exist (yet)."""
+    claims = sorted({tier.model.claim_name for tier in spec.tiers
+                     if tier.model.source is ModelSource.PVC and tier.model.claim_name})
+    return [claim for claim in claims
+            if await kube.get("PersistentVolumeClaim", namespace, claim) is None]
+
+
+async def reconcile(kube: KubeClient, owner: Owner, spec: DeploymentSpec) -> ReconcileResult:
+    """Applies every desired object and deletes owned objects that are no longer wanted."""
+    live = {kind: {obj["metadata"]["name"]: obj for obj in await list_owned(kube, owner, kind)}
+            for kind in OWNED_KINDS}
+    replicas = {name: obj.get("spec", {}).get("replicas")
+                for name, obj in live["Deployment"].items()}
+    result = ReconcileResult()
+    wanted: set[tuple[str, str]] = set()
+    for desired in desired_objects(owner, spec, replicas):
+        kind, name = desired["kind"], desired["metadata"]["name"]
+        wanted.add((kind, name))
+        outcome, applied = await apply_object(kube, desired, live[kind].get(name))
+        if outcome is Outcome.CREATED:
+            result.created.append(f"{kind}/{name}")
+        elif outcome is Outcome.PATCHED:
+            result.patched.append(f"{kind}/{name}")
+        if kind == "Deployment":
+            result.deployments.append(applied)
+    for kind in reversed(OWNED_KINDS):
+        for name in sorted(set(live[kind]) - {n for k, n in wanted if k == kind}):
+            await kube.delete(kind, owner.namespace, name)
+            result.deleted.append(f"{kind}/{name}")
+    return result
+
+
+def _is_owned_by(obj: dict[str, Any], owner: Owner) -> bool:
+    references = obj.get("metadata", {}).get("ownerReferences") or []
+    return any(ref.get("uid") == owner.uid for ref in references)
+
+
+async def write_status(kube: KubeClient, owner: Owner, status: dict[str, Any]) -> None:
+    """Merges `status` into the TandemDeployment's status subresource."""
+    await kube.patch("TandemDeployment", owner.namespace, owner.name, {"status": status},
+                     subresource="status")

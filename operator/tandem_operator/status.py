@@ -1,0 +1,129 @@
+"""The TandemDeployment status: per-workload replica counts and Ready/Progressing/Degraded conditions."""
+
+from __future__ import annotations
+
+import datetime
+import enum
+import posixpath
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from tandem_operator.naming import LABEL_MODEL, LABEL_ROLE, Role
+from tandem_operator.spec import DeploymentSpec, TierSpec
+
+
+class ConditionType(str, enum.Enum):
+    """The conditions every TandemDeployment reports."""
+
+    READY = "Ready"
+    PROGRESSING = "Progressing"
+    DEGRADED = "Degraded"
+
+
+@dataclass(slots=True, frozen=True)
+class Problem:
+    """Why the operator could not (yet) reconcile: a bad spec (degraded) or a wait."""
+
+    reason: str
+    message: str
+    is_degraded: bool
+
+
+@dataclass(slots=True, frozen=True)
+class WorkloadState:
+    """One Deployment's observed state."""
+
+    name: str
+    role: Role
+    tier: str | None
+    num_desired: int
+    num_ready: int
+    is_rolled_out: bool
+    failure: str | None
+
+    @property
+    def is_ready(self) -> bool:
+        """All desired replicas run the current template and are ready."""
+        return self.is_rolled_out and self.num_ready >= self.num_desired and not self.failure
+
+
+def workload_state(deployment: Mapping[str, Any]) -> WorkloadState:
+    """Reads a live Deployment (spec, status and conditions)."""
+    meta, status = deployment["metadata"], deployment.get("status") or {}
+    labels = meta.get("labels") or {}
+    num_desired = deployment.get("spec", {}).get("replicas", 1)
+    generation = meta.get("generation")
+    is_observed = generation is None or status.get("observedGeneration", 0) >= generation
+    failure = None
+    for condition in status.get("conditions") or []:
+        if ((condition.get("type") == "ReplicaFailure" and condition.get("status") == "True")
+                or condition.get("reason") == "ProgressDeadlineExceeded"):
+            failure = f"{meta['name']}: {condition.get('message') or condition.get('reason')}"
+    return WorkloadState(
+        name=meta["name"], role=Role(labels[LABEL_ROLE]), tier=labels.get(LABEL_MODEL),
+        num_desired=num_desired, num_ready=status.get("readyReplicas") or 0,
+        is_rolled_out=is_observed and (status.get("updatedReplicas") or 0) >= num_desired,
+        failure=failure)
+
+
+def build_status(spec: DeploymentSpec | None, generation: int | None,
+                 states: Iterable[WorkloadState], previous: Mapping[str, Any] | None,
+                 problem: Problem | None = None) -> dict[str, Any]:
+    """The status to write: replica summaries, workloads and conditions (keeping transition times)."""
+    states = sorted(states, key=lambda state: state.name)
+    status: dict[str, Any] = {
+        "observedGeneration": generation,
+        "routerReplicas": _replicas(states, Role.ROUTER),
+        "prefillReplicas": _replicas(states, Role.PREFILL),
+        "decodeReplicas": _replicas(states, Role.DECODE),
+        "workloads": [{"name": s.name, "role": s.role.value, "tier": s.tier,
+                       "readyReplicas": s.num_ready, "desiredReplicas": s.num_desired}
+                      for s in states],
+        "conditions": _conditions(states, problem, generation, (previous or {}).get("conditions")),
+    }
+    if spec is not None:
+        status["model"] = ",".join(_model_name(tier) for tier in spec.tiers)
+    return status
+
+
+def _conditions(states: list[WorkloadState], problem: Problem | None, generation: int | None,
+                previous: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+    if problem is not None:
+        ready = (False, problem.reason, problem.message)
+        progressing = (not problem.is_degraded, problem.reason, problem.message)
+        degraded = (problem.is_degraded, problem.reason, problem.message)
+    else:
+        summary = ", ".join(f"{s.name} {s.num_ready}/{s.num_desired}" for s in states)
+        pending = [s for s in states if not s.is_ready and not s.failure]
+        failures = [s.failure for s in states if s.failure]
+        ready = (bool(states) and not pending and not failures,
+                 "AllReady" if states and not pending and not failures else "NotReady", summary)
+        progressing = (bool(pending), "RollingOut" if pending else "Stable",
+                       ", ".join(f"{s.name} {s.num_ready}/{s.num_desired}" for s in pending))
+        degraded = (bool(failures), "WorkloadFailed" if failures else "Healthy", "; ".join(failures))
+    values = {ConditionType.READY: ready, ConditionType.PROGRESSING: progressing,
+              ConditionType.DEGRADED: degraded}
+    before = {c.get("type"): c for c in previous or []}
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    conditions = []
+    for kind, (is_true, reason, message) in values.items():
+        text = "True" if is_true else "False"
+        old = before.get(kind.value) or {}
+        conditions.append({
+            "type": kind.value, "status": text, "reason": reason, "message": message,
+            "observedGeneration": generation,
+            "lastTransitionTime": old.get("lastTransitionTime", now)
+            if old.get("status") == text else now,
+        })
+    return conditions
+
+
+def _replicas(states: list[WorkloadState], role: Role) -> str:
+    chosen = [s for s in states if s.role is role]
+    return f"{sum(s.num_ready for s in chosen)}/{sum(s.num_desired for s in chosen)}"
+
+
+def _model_name(tier: TierSpec) -> str:
+    model = tier.model
+    return model.served_name or posixpath.basename(model.path.rstrip("/")) or tier.name

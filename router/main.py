@@ -1,0 +1,134 @@
+"""`tandem router`: the front door (gRPC + OpenAI HTTP) over the prefill and decode pools."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+from pathlib import Path
+
+from router.admission import AdmittedService
+from router.auth import Authenticator
+from router.core import RouterCore
+from router.dispatch import Dispatcher, DispatchSettings
+from router.grpc_api import build_grpc_server
+from router.http_api import build_http_app, start_http_server
+from router.request_plan import ModelEntry
+from router.routing_brain import RoutingBrain
+from router.tls import tls_from_args
+from router.worker_pool import WorkerPool
+from router.worker_sources import add_discovery_arguments, start_discovery
+from tandem.policy.quota import QuotaConfig, QuotaPolicy
+from tandem.policy.worker_choice import WorkerChoiceConfig
+from tandem.serving.grpc_server import install_drain_on_sigterm
+from tandem.serving.ready_file import write_ready_file
+from tandem.serving.worker_args import configure_logging, resolve_model_dir
+from tandem.telemetry.metrics import default_metrics, start_metrics_server
+from tandem.telemetry.tracing import setup_tracing
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of `tandem router`."""
+    parser.add_argument("--model", required=True,
+                        help="model folder (the router needs its tokenizer and chat template), or 'tiny'")
+    parser.add_argument("--model-name", default=None, help="served name (default: folder name)")
+    parser.add_argument("--host", default="0.0.0.0")
+    parser.add_argument("--grpc-port", type=int, default=50051)
+    parser.add_argument("--http-port", type=int, default=8000)
+    parser.add_argument("--metrics-port", type=int, default=0,
+                        help="separate Prometheus port; 0 serves /metrics on the HTTP port")
+    add_discovery_arguments(parser)
+    parser.add_argument("--api-keys", default=os.environ.get("TANDEM_API_KEYS"),
+                        help="YAML/JSON file (or Secret folder) mapping API keys to tenants")
+    parser.add_argument("--allow-anonymous", action="store_true",
+                        help="accept requests without an API key (local use)")
+    parser.add_argument("--policy", default=None, help="routing and budget policy YAML")
+    parser.add_argument("--estimator", default=None, help="folder of a trained difficulty estimator")
+    parser.add_argument("--tls-cert", default=None)
+    parser.add_argument("--tls-key", default=None)
+    parser.add_argument("--price-prompt", type=float, default=0.0, help="price per 1k prompt tokens")
+    parser.add_argument("--price-completion", type=float, default=0.0,
+                        help="price per 1k generated tokens")
+    parser.add_argument("--min-disaggregate-tokens", type=int, default=512,
+                        help="uncached prompts shorter than this are prefilled on the decode worker")
+    parser.add_argument("--lease-seconds", type=float, default=30.0,
+                        help="how long a decode worker holds reserved KV blocks for a prefill")
+    parser.add_argument("--max-attempts", type=int, default=3,
+                        help="worker pairs tried per request before it fails with UNAVAILABLE")
+    parser.add_argument("--max-concurrent-requests", type=int, default=None,
+                        help="router-wide concurrency cap shared fairly among tenants")
+    parser.add_argument("--log-level", default=os.environ.get("TANDEM_LOG_LEVEL", "INFO"))
+    parser.add_argument("--ready-file", default=None, help=argparse.SUPPRESS)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Runs the router until SIGTERM."""
+    return asyncio.run(serve(args))
+
+
+async def serve(args: argparse.Namespace) -> int:
+    """Builds the router, serves both APIs, and drains on SIGTERM."""
+    configure_logging(args.log_level)
+    setup_tracing("tandem-router")
+    model_dir = resolve_model_dir(args.model)
+    model_name = args.model_name or model_dir.name
+    pool = WorkerPool()
+    discovery = await start_discovery(args, pool)
+    await pool.start()
+    await pool.wait_for("decode", timeout_s=120.0)
+    service = _build_service(args, pool, model_dir, model_name)
+    authenticator = (Authenticator(keys_path=args.api_keys, allow_anonymous=args.allow_anonymous)
+                     if args.api_keys else Authenticator(allow_anonymous=args.allow_anonymous))
+    tls = tls_from_args(args.tls_cert, args.tls_key)
+    metrics = default_metrics()
+    grpc_server = build_grpc_server(service, authenticator, host=args.host, port=args.grpc_port, tls=tls)
+    await grpc_server.start()
+    app = build_http_app(service, authenticator, readiness=lambda: bool(pool.healthy("decode")),
+                         metrics=None if args.metrics_port else metrics)
+    http_server = await start_http_server(app, args.host, args.http_port, tls)
+    metrics_port = start_metrics_server(args.metrics_port) if args.metrics_port else http_server.port
+    write_ready_file(args.ready_file, grpc_port=grpc_server.port, http_port=http_server.port,
+                     metrics_port=metrics_port)
+    log.info("router ready: gRPC %d, HTTP %d, model %s", grpc_server.port, http_server.port, model_name)
+
+    async def drain() -> None:
+        await grpc_server.stop(grace_s=5.0)
+        await http_server.close()
+
+    await install_drain_on_sigterm(drain).wait()
+    if discovery is not None:
+        discovery.cancel()
+    await pool.stop()
+    return 0
+
+
+def _build_service(args: argparse.Namespace, pool: WorkerPool, model_dir: Path,
+                   model_name: str) -> AdmittedService:
+    from tandem.engine.tokenizer import Tokenizer
+
+    load = pool.models().get(model_name) or next(iter(pool.models().values()))
+    if load.model != model_name:
+        raise SystemExit(f"the workers serve model {load.model!r}, the router was given {model_name!r}")
+    entry = ModelEntry(model_name, Tokenizer.from_model_dir(model_dir), load.max_context,
+                       args.price_prompt, args.price_completion)
+    choice = WorkerChoiceConfig(min_disaggregate_prompt_tokens=args.min_disaggregate_tokens)
+    dispatcher = Dispatcher(pool, DispatchSettings(choice=choice, max_attempts=args.max_attempts,
+                                                   lease_seconds=args.lease_seconds,
+                                                   block_size=load.layout.block_size))
+    brain = RoutingBrain(default_model=model_name, **_difficulty_parts(args))
+    core = RouterCore({model_name: entry}, dispatcher, brain)
+    quotas = QuotaPolicy(QuotaConfig(max_concurrent_requests=args.max_concurrent_requests))
+    return AdmittedService(core, quotas, metrics=default_metrics())
+
+
+def _difficulty_parts(args: argparse.Namespace) -> dict:
+    if args.policy is None:
+        return {}
+    from router.difficulty.base import load_estimator
+    from tandem.policy.difficulty_policy import load_policy
+
+    estimator = load_estimator(args.estimator) if args.estimator else None
+    return {"estimator": estimator, "policy": load_policy(args.policy)}

@@ -1,0 +1,101 @@
+"""What the engine hands back per step, and the text stream that applies stop strings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from tandem.engine.sequence import FinishReason, TokenSection
+
+
+@dataclass(slots=True)
+class TokenLogprob:
+    """A chosen token's logprob and the most likely alternatives (most likely first)."""
+
+    token_id: int
+    logprob: float
+    top: list[tuple[int, float]] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class RequestOutput:
+    """New tokens of one request from one step (or its end)."""
+
+    request_id: str
+    new_token_ids: list[int]
+    # One entry per new token when the request asked for logprobs, else None.
+    new_logprobs: list[TokenLogprob] | None
+    # Section (thinking or answer) of each new token.
+    new_sections: list[TokenSection]
+    # Text added by these tokens; stop strings and anything that may start one are held back.
+    new_text: str
+    finished: bool
+    finish_reason: FinishReason | None
+    # Prompt tokens whose KV came from the prefix cache at admission.
+    num_cached_prompt_tokens: int
+    # Final hidden state (after the final norm) of the last prompt token, [hidden] float32 on the
+    # CPU: set in the output that carries the first generated token.
+    hidden_state: torch.Tensor | None = None
+
+
+@dataclass(slots=True)
+class Completion:
+    """A whole finished request, as LLMEngine.generate returns it."""
+
+    request_id: str
+    prompt_token_ids: list[int]
+    token_ids: list[int]
+    text: str
+    finish_reason: FinishReason | None
+    logprobs: list[TokenLogprob] | None
+    num_cached_prompt_tokens: int
+
+
+class TextStream:
+    """Turns a sequence's tokens into text deltas and finds stop strings.
+
+    Text that could be the start of a stop string is held back until it is known not to be one,
+    so that no part of a stop string is ever streamed.
+    """
+
+    __slots__ = ("_detokenizer", "_stop", "_pending")
+
+    def __init__(self, detokenizer, stop: tuple[str, ...]) -> None:
+        # detokenizer: an IncrementalDetokenizer already primed with the prompt.
+        self._detokenizer = detokenizer
+        self._stop = stop
+        self._pending = ""  # decoded text not yet handed out
+
+    def add(self, token_id: int) -> bool:
+        """Decodes one more token; True when the text now contains a stop string (cut before it)."""
+        self._pending += self._detokenizer.add(token_id)
+        if not self._stop:
+            return False
+        cut = min((i for i in (self._pending.find(s) for s in self._stop) if i >= 0), default=-1)
+        if cut < 0:
+            return False
+        self._pending = self._pending[:cut]
+        return True
+
+    def skip(self, token_id: int) -> None:
+        """Decodes a token whose text someone else has already streamed (a prefilled first token)."""
+        self._detokenizer.add(token_id)
+        self._pending = ""
+
+    def take(self, is_final: bool) -> str:
+        """The text ready to stream: everything when final, else all but a possible stop prefix."""
+        keep = 0 if is_final else self._held_back_length()
+        text = self._pending[: len(self._pending) - keep]
+        self._pending = self._pending[len(text) :]
+        return text
+
+    def _held_back_length(self) -> int:
+        # Longest suffix of the pending text that is a proper prefix of some stop string.
+        longest = 0
+        for stop in self._stop:
+            for length in range(min(len(stop) - 1, len(self._pending)), longest, -1):
+                if self._pending.endswith(stop[:length]):
+                    longest = length
+                    break
+        return longest

@@ -1,0 +1,120 @@
+"""Layer-wise streaming: send each layer's KV while later layers are still computing.
+
+The prefill worker's compute thread calls `on_layer_done(layer, num_computed_tokens)` from the
+engine's layer hook; the call only records a CUDA event (on CUDA) and hands the layer to the
+event loop that owns the UCX endpoints (`call_soon_threadsafe`), so compute never waits on the
+network and the loop never runs torch compute. UCX runs in thread-progress mode with futures
+(see ucx_runtime.py), so a waiting send costs no CPU that the compute thread could use.
+With chunked prefill, a layer is reported once per chunk: only blocks already full are sent,
+and the final report (all prompt tokens computed, or `num_computed_tokens=None`) sends the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+
+import torch
+
+from tandem.api.v1 import worker_pb2
+from tandem.kv.transport import KVTransferError, TransferResult
+from tandem.kv.ucx_sender import UCXKVSender
+
+logger = logging.getLogger("tandem.kv.streamer")
+
+_CUDA_POLL_SECONDS = 0.0002
+
+
+class LayerStreamer:
+    """Streams one request's KV into its reservation, layer by layer; then commits."""
+
+    def __init__(self, sender: UCXKVSender, reservation: worker_pb2.Reservation, src_block_ids: Sequence[int],
+                 loop: asyncio.AbstractEventLoop | None = None, num_prompt_tokens: int | None = None) -> None:
+        self.sender = sender
+        self.reservation = reservation
+        self.src_block_ids = list(src_block_ids)
+        self.dst_block_ids = list(reservation.block_ids[reservation.num_cached_blocks:])
+        if len(self.src_block_ids) != len(self.dst_block_ids):
+            raise ValueError(f"{len(self.src_block_ids)} source blocks for {len(self.dst_block_ids)} "
+                             f"non-cached reserved blocks of request {reservation.request_id!r}")
+        self.num_layers = sender.layout.num_layers
+        self.num_prompt_tokens = num_prompt_tokens
+        self._loop = loop or asyncio.get_running_loop()
+        self._is_cuda = sender.kv_cache.is_cuda
+        self._num_sent_blocks = [0] * self.num_layers  # touched on the loop thread only
+        self._is_layer_complete = [False] * self.num_layers
+        self._all_layers_complete = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
+        self._num_bytes = 0
+        self._last_layer_done_at = 0.0
+        self._is_aborted = False
+
+    def on_layer_done(self, layer: int, num_computed_tokens: int | None = None) -> None:
+        """Thread-safe: `layer` has written the KV of the first `num_computed_tokens` prompt tokens."""
+        if not 0 <= layer < self.num_layers:
+            raise ValueError(f"layer {layer} is outside 0..{self.num_layers - 1}")
+        ready = None
+        if self._is_cuda:
+            # Kernels are only queued when the hook runs: the send waits for this event.
+            ready = torch.cuda.Event()
+            ready.record()
+        self._loop.call_soon_threadsafe(self._schedule, layer, num_computed_tokens, ready, time.perf_counter())
+
+    def _schedule(self, layer: int, num_computed_tokens: int | None, ready: object, done_at: float) -> None:
+        if self._is_aborted or self._is_layer_complete[layer]:
+            return
+        is_final = num_computed_tokens is None or (
+            self.num_prompt_tokens is not None and num_computed_tokens >= self.num_prompt_tokens)
+        if is_final:
+            num_ready = len(self.dst_block_ids)
+        else:
+            num_full_blocks = num_computed_tokens // self.sender.layout.block_size
+            num_ready = min(len(self.dst_block_ids), max(0, num_full_blocks - self.reservation.num_cached_blocks))
+        start = self._num_sent_blocks[layer]
+        if num_ready > start:
+            self._num_sent_blocks[layer] = num_ready
+            self._tasks.append(asyncio.create_task(self._send(layer, start, num_ready, ready)))
+        if is_final:
+            self._is_layer_complete[layer] = True
+            self._last_layer_done_at = max(self._last_layer_done_at, done_at)
+            if all(self._is_layer_complete):
+                self._all_layers_complete.set()
+
+    async def _send(self, layer: int, start: int, stop: int, ready: object) -> None:
+        if ready is not None:
+            while not ready.query():
+                await asyncio.sleep(_CUDA_POLL_SECONDS)
+        num_bytes = await self.sender.send_layer(
+            self.reservation, layer, self.src_block_ids[start:stop], self.dst_block_ids[start:stop])
+        self._num_bytes += num_bytes
+
+    async def finish(self) -> TransferResult:
+        """Waits for every layer, sends them all and commits; aborts the grant if anything failed."""
+        if self._is_aborted:
+            raise KVTransferError(f"transfer of request {self.reservation.request_id!r} was aborted")
+        await self._all_layers_complete.wait()
+        if self._is_aborted:
+            raise KVTransferError(f"transfer of request {self.reservation.request_id!r} was aborted")
+        try:
+            await asyncio.gather(*self._tasks)
+            await self.sender.commit(self.reservation)
+        except Exception as error:
+            await self.abort(f"transfer failed: {error}")
+            raise
+        return TransferResult(self._num_bytes, time.perf_counter() - self._last_layer_done_at)
+
+    async def abort(self, reason: str) -> None:
+        """Stops sending and tells the receiver to free the blocks (best effort)."""
+        if self._is_aborted:
+            return
+        self._is_aborted = True
+        self._all_layers_complete.set()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        try:
+            await self.sender.abort(self.reservation, reason)
+        except KVTransferError as error:
+            logger.info("abort of request %r not delivered: %s", self.reservation.request_id, error)

@@ -1,0 +1,87 @@
+"""One UCX context per process, bound to the asyncio loop that owns every KV endpoint.
+
+ucxx keeps a process-wide context whose completion notifier is tied to one event loop. We start
+it in "thread" progress mode with Python futures: a UCX progress thread drives the network and
+completions wake the loop through futures, so no coroutine busy-polls a request. Busy polling
+(ucxx's default without futures) keeps a core at 100% while waiting, which on a 2-core machine
+starves the torch compute thread that the layer-wise streaming overlaps with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+
+import torch
+
+from tandem.kv.transport import KVTransferConfig, KVTransportUnavailable
+
+logger = logging.getLogger("tandem.kv.ucx")
+
+_bound_loop: asyncio.AbstractEventLoop | None = None
+
+
+def ensure_ucx(config: KVTransferConfig) -> None:
+    """Initialises UCX on the running loop once; raises KVTransportUnavailable on failure."""
+    global _bound_loop
+    loop = asyncio.get_running_loop()
+    if _bound_loop is loop:
+        return
+    if _bound_loop is not None and not _bound_loop.is_closed():
+        raise KVTransportUnavailable(
+            "UCX is already bound to another running event loop in this process; run every KV sender "
+            "and receiver of a process on one loop")
+    try:
+        import ucxx
+    except ImportError as error:
+        raise KVTransportUnavailable(f"UCX (the ucxx package) is not importable: {error}") from error
+    if _bound_loop is not None:
+        shutdown_ucx()
+    options = config.normalized_ucx_options()
+    if "UCX_CM_REUSEADDR" not in os.environ:
+        # A restarted receiver must listen again on its advertised port at once, while the
+        # previous instance's sockets still linger in TIME_WAIT.
+        options.setdefault("CM_REUSEADDR", "y")
+    try:
+        ucxx.init(options=options, progress_mode="thread", enable_python_future=True,
+                  connect_timeout=config.connect_timeout_s)
+    except Exception as error:
+        raise KVTransportUnavailable(
+            f"UCX could not be initialised ({_describe_settings(options)}): {type(error).__name__}: {error}; "
+            "check UCX_TLS / UCX_NET_DEVICES name transports and devices this host has "
+            "(`ucx_info -d` lists them)") from error
+    _bound_loop = loop
+    logger.info("UCX initialised with transports %s", sorted(ucxx.get_active_transports()))
+
+
+def shutdown_ucx() -> None:
+    """Stops the UCX notifier thread and resets the context (call before the process exits)."""
+    global _bound_loop
+    import ucxx
+
+    ucxx.stop_notifier_thread()
+    try:
+        ucxx.reset()
+    except Exception as error:
+        logger.warning("UCX reset left objects alive: %s", error)
+    _bound_loop = None
+
+
+def _describe_settings(options: dict[str, str]) -> str:
+    names = ("TLS", "NET_DEVICES", "RNDV_THRESH", "RNDV_SCHEME")
+    shown = [f"UCX_{name}={options.get(name, os.environ.get('UCX_' + name, '<default>'))}" for name in names]
+    return ", ".join(shown)
+
+
+def block_run_buffer(kv_cache: torch.Tensor, layer: int, first_block_id: int, num_blocks: int) -> object:
+    """A zero-copy byte view of blocks [first, first+num) of one layer, in a form ucxx accepts.
+
+    kv_cache is [num_layers, num_blocks, 2, block_size, num_kv_heads, head_dim] and contiguous,
+    so the run is one region. CPU: a numpy view of the tensor's memory. CUDA: the tensor itself
+    (its __cuda_array_interface__ lets UCX read/write device memory with no host staging).
+    """
+    region = kv_cache[layer, first_block_id:first_block_id + num_blocks].reshape(-1).view(torch.uint8)
+    if region.is_cuda:
+        return region
+    return region.numpy()

@@ -1,0 +1,242 @@
+"""The prefill side of KV transfer: writes runs of cache blocks into a decode worker's reservation.
+
+One connection per receiver address, opened on first use and dropped on any error; the receiver
+announces an instance id in its Hello and stamps it on every ack, so a restarted receiver is
+never written to through a stale endpoint (its old endpoint fails, the message is retried once on
+a fresh connection, and the new instance answers for itself). Each maximal run of blocks whose
+source and destination ids are both consecutive travels as ONE message straight from the cache
+tensor (a numpy view on CPU, device memory on CUDA: no copy, no host staging). Up to
+`max_inflight_messages` messages per connection are in flight; a header and its payload are
+posted back to back with no await between them, so concurrent requests never interleave a pair.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import ucxx
+
+from tandem.api.v1 import worker_pb2
+from tandem.kv.reservation import check_reservation, parse_address, split_runs
+from tandem.kv.transport import KVTransferConfig, KVTransferError, KVTransferRefused
+from tandem.kv.ucx_runtime import block_run_buffer, ensure_ucx
+from tandem.kv.wire import (ACK_NBYTES, ACK_TAG, HEADER_TAG, HELLO_NBYTES, HELLO_TAG, PAYLOAD_TAG, Ack, AckStatus,
+                            Header, MessageKind, WireLayout, decode_ack, decode_hello,
+                            encode_header)
+
+logger = logging.getLogger("tandem.kv.sender")
+
+
+class _ConnectionLost(KVTransferError):
+    """The connection broke under a message; the message may be retried on a fresh one."""
+
+
+@dataclasses.dataclass(slots=True, eq=False)
+class _Connection:
+    address: str
+    endpoint: object
+    instance_id: bytes
+    window: asyncio.Semaphore
+    pending: dict[int, asyncio.Future] = dataclasses.field(default_factory=dict)
+    next_seq: int = 1
+    reader: asyncio.Task | None = None
+    error: BaseException | None = None
+
+    @property
+    def is_usable(self) -> bool:
+        return self.error is None and not self.endpoint.closed
+
+
+class UCXKVSender:
+    """Sends layers of `kv_cache` blocks into reservations over UCX; use from one event loop."""
+
+    def __init__(self, kv_cache: torch.Tensor, config: KVTransferConfig | None = None) -> None:
+        if not kv_cache.is_contiguous():
+            raise ValueError("the sender's KV cache tensor must be contiguous")
+        self.kv_cache = kv_cache
+        self.layout = WireLayout.of_tensor(kv_cache)
+        self.config = config or KVTransferConfig()
+        self._connections: dict[str, _Connection] = {}
+        self._connect_locks: dict[str, asyncio.Lock] = {}
+        self._instance_ids: dict[str, bytes] = {}
+
+    async def send_layer(self, reservation: worker_pb2.Reservation, layer: int,
+                         src_block_ids: Sequence[int], dst_block_ids: Sequence[int] | None = None) -> int:
+        """Sends one layer's blocks (destination defaults to the non-cached reserved blocks); returns bytes."""
+        if dst_block_ids is None:
+            dst_block_ids = reservation.block_ids[reservation.num_cached_blocks:]
+        runs = self._plan(reservation, layer, src_block_ids, dst_block_ids)
+        await asyncio.gather(*(self._send_run(reservation, layer, run) for run in runs))
+        return sum(count for _, _, count in runs) * self.layout.bytes_per_block
+
+    async def commit(self, reservation: worker_pb2.Reservation) -> None:
+        """Asks the receiver to complete the grant; raises KVTransferRefused if blocks are missing."""
+        check_reservation(reservation, self.layout)
+        await self._exchange(reservation.kv_address, self._header(reservation, MessageKind.COMMIT))
+
+    async def abort(self, reservation: worker_pb2.Reservation, reason: str) -> None:
+        """Tells the receiver this transfer will not complete, so it frees the blocks now."""
+        check_reservation(reservation, self.layout)
+        logger.info("aborting KV transfer of request %r: %s", reservation.request_id, reason)
+        await self._exchange(reservation.kv_address, self._header(reservation, MessageKind.ABORT))
+
+    async def close(self) -> None:
+        """Drops every connection."""
+        for connection in list(self._connections.values()):
+            self._fail(connection, KVTransferError("sender closed"))
+
+    def _plan(self, reservation: worker_pb2.Reservation, layer: int, src_block_ids: Sequence[int],
+              dst_block_ids: Sequence[int]) -> list[tuple[int, int, int]]:
+        check_reservation(reservation, self.layout)
+        if not 0 <= layer < self.layout.num_layers:
+            raise ValueError(f"layer {layer} is outside 0..{self.layout.num_layers - 1}")
+        writable = set(reservation.block_ids[reservation.num_cached_blocks:])
+        foreign = [block_id for block_id in dst_block_ids if block_id not in writable]
+        if foreign:
+            raise ValueError(f"destination blocks {foreign[:8]} are not writable blocks of reservation "
+                             f"{reservation.request_id!r}")
+        num_local_blocks = self.kv_cache.shape[1]
+        outside = [block_id for block_id in src_block_ids if not 0 <= block_id < num_local_blocks]
+        if outside:
+            raise ValueError(f"source blocks {outside[:8]} are outside this cache's {num_local_blocks} blocks")
+        return split_runs(src_block_ids, dst_block_ids)
+
+    def _header(self, reservation: worker_pb2.Reservation, kind: MessageKind, layer: int = 0,
+                dst_first: int = 0, num_blocks: int = 0) -> Header:
+        return Header(kind, 0, reservation.token, reservation.request_id, layer, dst_first, num_blocks,
+                      self.layout, num_blocks * self.layout.bytes_per_block)
+
+    async def _send_run(self, reservation: worker_pb2.Reservation, layer: int, run: tuple[int, int, int]) -> None:
+        src_first, dst_first, num_blocks = run
+        header = self._header(reservation, MessageKind.DATA, layer, dst_first, num_blocks)
+        payload = block_run_buffer(self.kv_cache, layer, src_first, num_blocks)
+        await self._exchange(reservation.kv_address, header, payload)
+
+    async def _exchange(self, address: str, header: Header, payload: object | None = None) -> Ack:
+        for attempt in range(2):
+            connection, is_fresh = await self._connection(address)
+            try:
+                ack = await self._post(connection, header, payload)
+                break
+            except _ConnectionLost as error:
+                if is_fresh or attempt:
+                    raise KVTransferError(f"KV connection to {address} lost: {error}") from error
+                logger.info("KV connection to %s lost (%s); retrying on a fresh one", address, error)
+        if ack.status is not AckStatus.OK:
+            raise KVTransferRefused(f"{address} refused {header.kind.name} of request {header.request_id!r}: "
+                                    f"{ack.reason}")
+        return ack
+
+    async def _post(self, connection: _Connection, header: Header, payload: object | None) -> Ack:
+        timeout = self.config.transfer_timeout_s
+        await connection.window.acquire()
+        seq = connection.next_seq
+        try:
+            if not connection.is_usable:
+                raise _ConnectionLost(f"endpoint unusable: {connection.error or 'closed by the peer'}")
+            connection.next_seq += 1
+            ack_future = asyncio.get_running_loop().create_future()
+            connection.pending[seq] = ack_future
+            # No await between posting the header and its payload: pairs never interleave.
+            header_bytes = np.frombuffer(encode_header(dataclasses.replace(header, seq=seq)), dtype=np.uint8)
+            sends = [asyncio.ensure_future(connection.endpoint.send(header_bytes, tag=HEADER_TAG))]
+            if payload is not None:
+                sends.append(asyncio.ensure_future(connection.endpoint.send(payload, tag=PAYLOAD_TAG)))
+            self._ensure_reader(connection)
+            try:
+                results = await asyncio.wait_for(asyncio.gather(*sends, return_exceptions=True), timeout)
+                errors = [result for result in results if isinstance(result, BaseException)]
+                if errors:
+                    raise errors[0]
+                return await asyncio.wait_for(asyncio.shield(ack_future), timeout)
+            except TimeoutError:
+                self._fail(connection, KVTransferError(f"no answer within {timeout} s"))
+                raise KVTransferError(f"KV message to {connection.address} timed out after {timeout} s") from None
+            except _ConnectionLost:
+                raise
+            except Exception as error:
+                self._fail(connection, error)
+                raise _ConnectionLost(f"{type(error).__name__}: {error}") from error
+        finally:
+            future = connection.pending.pop(seq, None)
+            if future is not None and future.done() and not future.cancelled():
+                future.exception()  # retrieved here so that an unawaited failure is not reported twice
+            connection.window.release()
+
+    def _ensure_reader(self, connection: _Connection) -> None:
+        if connection.reader is None or connection.reader.done():
+            connection.reader = asyncio.create_task(self._read_acks(connection))
+
+    async def _read_acks(self, connection: _Connection) -> None:
+        try:
+            while connection.pending:
+                buffer = np.zeros(ACK_NBYTES, dtype=np.uint8)
+                await asyncio.wait_for(connection.endpoint.recv(buffer, tag=ACK_TAG), self.config.transfer_timeout_s)
+                ack = decode_ack(buffer)
+                if ack.instance_id != connection.instance_id:
+                    raise KVTransferError("receiver instance changed under an open connection")
+                future = connection.pending.get(ack.seq)
+                if future is not None and not future.done():
+                    future.set_result(ack)
+                if ack.status is AckStatus.MALFORMED:
+                    raise KVTransferError(f"receiver closed the connection: {ack.reason}")
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            self._fail(connection, error)
+
+    async def _connection(self, address: str) -> tuple[_Connection, bool]:
+        connection = self._connections.get(address)
+        if connection is not None and connection.is_usable:
+            return connection, False
+        lock = self._connect_locks.setdefault(address, asyncio.Lock())
+        async with lock:
+            connection = self._connections.get(address)
+            if connection is not None and connection.is_usable:
+                return connection, False
+            if connection is not None:
+                self._fail(connection, KVTransferError("endpoint closed by the peer"))
+            connection = await self._connect(address)
+            self._connections[address] = connection
+            return connection, True
+
+    async def _connect(self, address: str) -> _Connection:
+        host, port = parse_address(address)
+        ensure_ucx(self.config)
+        timeout = self.config.connect_timeout_s
+        try:
+            endpoint = await asyncio.wait_for(ucxx.create_endpoint(host, port, connect_timeout=timeout), timeout)
+            buffer = np.zeros(HELLO_NBYTES, dtype=np.uint8)
+            await asyncio.wait_for(endpoint.recv(buffer, tag=HELLO_TAG), timeout)
+            hello = decode_hello(buffer)
+        except Exception as error:
+            raise KVTransferError(f"could not connect to the KV receiver at {address}: "
+                                  f"{type(error).__name__}: {error}") from error
+        if hello.layout != self.layout:
+            endpoint.abort()
+            raise KVTransferError(f"KV receiver at {address} has layout {hello.layout}, this cache has {self.layout}")
+        previous = self._instance_ids.get(address)
+        if previous is not None and previous != hello.instance_id:
+            logger.info("KV receiver at %s restarted (instance %s -> %s)", address, previous.hex(),
+                        hello.instance_id.hex())
+        self._instance_ids[address] = hello.instance_id
+        return _Connection(address, endpoint, hello.instance_id, asyncio.Semaphore(self.config.max_inflight_messages))
+
+    def _fail(self, connection: _Connection, error: BaseException) -> None:
+        if connection.error is not None:
+            return
+        connection.error = error
+        logger.info("dropping KV connection to %s: %s", connection.address, error)
+        for future in connection.pending.values():
+            if not future.done():
+                future.set_exception(_ConnectionLost(f"{type(error).__name__}: {error}"))
+        if connection.reader is not None and connection.reader is not asyncio.current_task():
+            connection.reader.cancel()
+        if self._connections.get(connection.address) is connection:
+            del self._connections[connection.address]
+        connection.endpoint.abort()

@@ -1,0 +1,156 @@
+"""`tandem serve`: a router and N prefill + M decode workers as local processes.
+
+KV moves between the workers over UCX on loopback. The cluster waits until every component is
+ready, prints where to connect, and stops everything cleanly on Ctrl-C. Tests and the demo use
+`LocalCluster` directly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tandem.serving.process_group import ChildProcess, start_child, stop_children, wait_ready
+from tandem.serving.worker_args import resolve_model_dir
+
+log = logging.getLogger(__name__)
+
+# UCX over TCP on loopback works everywhere; shared memory ("sm,self") is faster where allowed.
+DEFAULT_UCX_ENV = {"UCX_TLS": "tcp,self", "UCX_NET_DEVICES": "lo", "UCX_WARN_UNUSED_ENV_VARS": "n"}
+
+
+@dataclass(slots=True)
+class LocalClusterConfig:
+    """What to start."""
+
+    model: str = "tiny"
+    num_prefill: int = 1
+    num_decode: int = 1
+    grpc_port: int = 0
+    http_port: int = 0
+    num_blocks: int = 512
+    block_size: int = 16
+    # 0: every request with a prefill worker available is disaggregated (shows the KV path).
+    min_disaggregate_tokens: int = 0
+    router_args: list[str] = field(default_factory=list)
+    worker_args: list[str] = field(default_factory=list)
+    decode_args: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    ready_timeout_s: float = 180.0
+
+    def __post_init__(self) -> None:
+        if self.num_prefill < 0 or self.num_decode < 1:
+            raise ValueError(f"need at least one decode worker and no negative pool size, got "
+                             f"prefill={self.num_prefill} decode={self.num_decode}")
+
+
+class LocalCluster:
+    """Starts, describes and stops a local cluster (a context manager)."""
+
+    def __init__(self, config: LocalClusterConfig, run_dir: Path | None = None) -> None:
+        self.config = config
+        self.run_dir = Path(run_dir or tempfile.mkdtemp(prefix="tandem-"))
+        self.model_dir = resolve_model_dir(config.model)
+        self.prefill: list[ChildProcess] = []
+        self.decode: list[ChildProcess] = []
+        self.router: ChildProcess | None = None
+
+    def __enter__(self) -> LocalCluster:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        """Starts the workers, waits for them, then starts the router and waits for it."""
+        env = {**DEFAULT_UCX_ENV, **self.config.env}
+        for index in range(self.config.num_decode):
+            self.decode.append(start_child(f"decode-{index}", self._worker_args("decode", index),
+                                           self.run_dir, env))
+        for index in range(self.config.num_prefill):
+            self.prefill.append(start_child(f"prefill-{index}", self._worker_args("prefill", index),
+                                            self.run_dir, env))
+        wait_ready(self.prefill + self.decode, self.config.ready_timeout_s)
+        self.router = start_child("router", self._router_args(), self.run_dir, env)
+        wait_ready([self.router], self.config.ready_timeout_s)
+
+    def stop(self) -> None:
+        """Stops the router first (no new work), then the workers."""
+        if self.router is not None:
+            stop_children([self.router])
+        stop_children(self.prefill + self.decode)
+
+    @property
+    def grpc_address(self) -> str:
+        """host:port of the router's gRPC API."""
+        return f"127.0.0.1:{self.router.ready['grpc_port']}"
+
+    @property
+    def http_url(self) -> str:
+        """Base URL of the router's OpenAI-compatible API."""
+        return f"http://127.0.0.1:{self.router.ready['http_port']}/v1"
+
+    def worker_address(self, child: ChildProcess) -> str:
+        """host:port of a worker's gRPC API."""
+        return f"127.0.0.1:{child.ready['grpc_port']}"
+
+    def _worker_args(self, role: str, index: int) -> list[str]:
+        args = [role, "--model", str(self.model_dir), "--host", "127.0.0.1", "--grpc-port", "0",
+                "--worker-id", f"{role}-{index}", "--num-blocks", str(self.config.num_blocks),
+                "--block-size", str(self.config.block_size), *self.config.worker_args]
+        if role == "decode":
+            args += ["--kv-host", "127.0.0.1", "--kv-port", "0", *self.config.decode_args]
+        return args
+
+    def _router_args(self) -> list[str]:
+        return ["router", "--model", str(self.model_dir), "--host", "127.0.0.1",
+                "--grpc-port", str(self.config.grpc_port), "--http-port", str(self.config.http_port),
+                "--discovery", "static",
+                "--prefill-workers", ",".join(self.worker_address(c) for c in self.prefill),
+                "--decode-workers", ",".join(self.worker_address(c) for c in self.decode),
+                "--allow-anonymous", "--min-disaggregate-tokens",
+                str(self.config.min_disaggregate_tokens), *self.config.router_args]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of `tandem serve`."""
+    parser.add_argument("--model", default="tiny", help="model folder, or 'tiny' (generated)")
+    parser.add_argument("--prefill", type=int, default=1, help="prefill workers")
+    parser.add_argument("--decode", type=int, default=1, help="decode workers")
+    parser.add_argument("--grpc-port", type=int, default=50051, help="router gRPC port")
+    parser.add_argument("--http-port", type=int, default=8000, help="router HTTP port")
+    parser.add_argument("--num-blocks", type=int, default=512, help="KV blocks per worker")
+    parser.add_argument("--ucx-tls", default=os.environ.get("UCX_TLS", DEFAULT_UCX_ENV["UCX_TLS"]),
+                        help="UCX transports for KV transfer (UCX_TLS)")
+    parser.add_argument("--run-dir", default=None, help="where logs go (default: a temp folder)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Starts the cluster and blocks until Ctrl-C or SIGTERM."""
+    logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = LocalClusterConfig(model=args.model, num_prefill=args.prefill, num_decode=args.decode,
+                                grpc_port=args.grpc_port, http_port=args.http_port,
+                                num_blocks=args.num_blocks, env={"UCX_TLS": args.ucx_tls})
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    with LocalCluster(config, Path(args.run_dir) if args.run_dir else None) as cluster:
+        print(f"Tandem is ready: {args.prefill} prefill + {args.decode} decode workers\n"
+              f"  gRPC     {cluster.grpc_address}   (tandem generate --router {cluster.grpc_address} 'Hi')\n"
+              f"  OpenAI   {cluster.http_url}\n"
+              f"  logs     {cluster.run_dir}\n"
+              f"Press Ctrl-C to stop.", flush=True)
+        stop.wait()
+        print("stopping...", flush=True)
+    return 0

@@ -1,0 +1,1 @@
+"""Tests of the helm chart, the CRD, the examples and the Dockerfile."""

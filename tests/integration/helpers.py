@@ -1,0 +1,69 @@
+"""Small clients for integration tests: worker RPCs, router requests, block accounting."""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+
+from tandem.api.v1 import inference_pb2, inference_pb2_grpc, worker_pb2, worker_pb2_grpc
+
+
+def decode_stub(address: str) -> worker_pb2_grpc.DecodeWorkerStub:
+    """A blocking stub for a decode worker."""
+    return worker_pb2_grpc.DecodeWorkerStub(grpc.insecure_channel(address))
+
+
+def prefill_stub(address: str) -> worker_pb2_grpc.PrefillWorkerStub:
+    """A blocking stub for a prefill worker."""
+    return worker_pb2_grpc.PrefillWorkerStub(grpc.insecure_channel(address))
+
+
+def router_stub(address: str) -> inference_pb2_grpc.InferenceStub:
+    """A blocking stub for the router's public API."""
+    return inference_pb2_grpc.InferenceStub(grpc.insecure_channel(address))
+
+
+def used_blocks(stub) -> int:
+    """KV blocks a worker holds for requests or reservations now."""
+    return stub.GetLoad(worker_pb2.GetLoadRequest(), timeout=5).num_kv_blocks_used
+
+
+def wait_for_blocks(stub, expected: int, timeout_s: float = 15.0) -> int:
+    """Polls until the worker's used blocks equal expected (or the wait ends); returns the last count."""
+    deadline = time.monotonic() + timeout_s
+    count = used_blocks(stub)
+    while count != expected and time.monotonic() < deadline:
+        time.sleep(0.1)
+        count = used_blocks(stub)
+    return count
+
+
+def greedy_request(token_ids: list[int], max_tokens: int, **sampling) -> inference_pb2.GenerateRequest:
+    """A router request on pre-tokenized input with greedy sampling."""
+    return inference_pb2.GenerateRequest(
+        tokens=inference_pb2.TokenInput(token_ids=token_ids),
+        sampling=inference_pb2.SamplingParams(temperature=0.0, **sampling),
+        budget=inference_pb2.Budget(max_tokens=max_tokens))
+
+
+def collect(responses) -> tuple[list[int], str, inference_pb2.GenerateResponse | None, list]:
+    """Token ids, text, the usage message and the routing infos of a response stream."""
+    token_ids, text, usage, routing = [], [], None, []
+    for response in responses:
+        token_ids.extend(response.token_ids)
+        text.append(response.text)
+        if response.HasField("usage"):
+            usage = response
+        if response.HasField("routing"):
+            routing.append(response.routing)
+    return token_ids, "".join(text), usage, routing
+
+
+def mixed_prompts(vocab_size: int, count: int, seed: int = 0) -> list[list[int]]:
+    """Prompts of mixed lengths (a few tokens to a few hundred), deterministic for a seed."""
+    import random
+
+    rng = random.Random(seed)
+    lengths = [rng.choice([3, 9, 17, 40, 95, 160, 300]) for _ in range(count)]
+    return [[rng.randrange(3, vocab_size) for _ in range(n)] for n in lengths]

@@ -1,0 +1,1 @@
+"""Tests of the Kubernetes operator (against the kmock API emulator)."""

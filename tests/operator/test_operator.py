@@ -1,0 +1,131 @@
+"""The real kopf operator, in-process, against the kmock Kubernetes emulator."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import pytest
+
+import tandem_operator.main  # noqa: F401  (registers the handlers)
+from tandem_operator.cli import operate
+from tandem_operator.context import OperatorOptions
+from tests.operator.cluster import (
+    DEPLOYMENTS,
+    IMAGE,
+    NAMESPACE,
+    PVCS,
+    TD,
+    collect_garbage,
+    create_td,
+    delete_td,
+    live,
+    mark_ready,
+    owned_names,
+    patch_td,
+    wait_for,
+    writes,
+)
+
+SPEC = {"model": {"pvc": {"claimName": "models", "path": "llama-3-8b"}},
+        "prefill": {"replicas": 2}, "decode": {"replicas": 3}}
+
+
+@contextlib.asynccontextmanager
+async def running_operator() -> AsyncIterator[None]:
+    """Runs `tandem operator -n serving` in this event loop until the block exits."""
+    stop, ready = asyncio.Event(), asyncio.Event()
+    options = OperatorOptions(namespaces=[NAMESPACE], worker_image=IMAGE, liveness_port=None)
+    task = asyncio.create_task(operate(options, stop_flag=stop, ready_flag=ready))
+    await asyncio.wait_for(ready.wait(), 10)
+    try:
+        yield
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 15)
+
+
+@pytest.fixture
+def cluster(k8s, kubeconfig):
+    """The emulator with the model claim the specs mount."""
+    k8s.objects[PVCS, NAMESPACE, "models"] = {
+        "metadata": {"name": "models", "namespace": NAMESPACE, "uid": "pvc-models"}}
+    return k8s
+
+
+def _status(k8s, name: str = "llama") -> dict:
+    return dict(k8s.objects[TD, NAMESPACE, name].raw.get("status") or {})
+
+
+def _condition(k8s, kind: str) -> dict:
+    return next((c for c in _status(k8s).get("conditions", []) if c["type"] == kind), {})
+
+
+async def test_create_change_delete(cluster):
+    async with running_operator():
+        await create_td(cluster, "llama", SPEC)
+        await wait_for(lambda: len(owned_names(cluster)) == 13)
+        assert owned_names(cluster) >= {
+            ("Deployment", "llama-router"), ("Deployment", "llama-default-prefill"),
+            ("Deployment", "llama-default-decode"), ("Service", "llama-default-decode"),
+            ("ConfigMap", "llama-router-policy"), ("Role", "llama-router")}
+        deployments = live(cluster, DEPLOYMENTS)
+        assert deployments["llama-default-decode"]["spec"]["replicas"] == 3
+        await wait_for(lambda: _condition(cluster, "Progressing").get("status") == "True")
+
+        mark_ready(cluster)
+        await wait_for(lambda: _condition(cluster, "Ready").get("status") == "True", 25)
+        assert _status(cluster)["decodeReplicas"] == "3/3"
+
+        await patch_td(cluster, "llama", {"spec": {"decode": {"replicas": 5, "nodeSelector": {
+            "gpu": "h100"}}}})
+        await wait_for(lambda: live(cluster, DEPLOYMENTS)["llama-default-decode"]["spec"]["replicas"] == 5)
+        decode = live(cluster, DEPLOYMENTS)["llama-default-decode"]["spec"]["template"]["spec"]
+        assert decode["nodeSelector"] == {"gpu": "h100"}
+        assert "nodeSelector" not in live(cluster, DEPLOYMENTS)["llama-default-prefill"]["spec"]["template"]["spec"]
+
+        await delete_td(cluster, "llama")
+        await wait_for(lambda: (TD, NAMESPACE, "llama") not in cluster.objects
+                       or cluster.objects[TD, NAMESPACE, "llama"].deleted)
+    assert collect_garbage(cluster) == 13
+    assert owned_names(cluster) == set()
+
+
+async def test_invalid_spec_is_reported_and_creates_nothing(cluster):
+    async with running_operator():
+        await create_td(cluster, "llama", {"model": {"pvc": {"claimName": "models"}},
+                                           "decode": {"minReplicas": 4, "maxReplicas": 2}})
+        await wait_for(lambda: _condition(cluster, "Degraded").get("status") == "True")
+        degraded = _condition(cluster, "Degraded")
+        assert degraded["reason"] == "InvalidSpec"
+        assert "spec.decode" in degraded["message"] and "minReplicas" in degraded["message"]
+        events = [r.data for r in cluster if r.data and isinstance(r.data, dict)
+                  and r.data.get("reason") == "InvalidSpec"]
+        assert events, "a Warning event names the problem"
+    assert owned_names(cluster) == set()
+
+
+async def test_waits_for_the_model_claim(k8s, kubeconfig):
+    async with running_operator():
+        await create_td(k8s, "llama", SPEC)
+        await wait_for(lambda: _condition(k8s, "Progressing").get("reason") == "WaitingForVolume")
+        assert "models" in _condition(k8s, "Progressing")["message"]
+        assert owned_names(k8s) == set()
+
+
+async def test_restart_resumes_without_rewriting_and_applies_missed_changes(cluster):
+    async with running_operator():
+        await create_td(cluster, "llama", SPEC)
+        await wait_for(lambda: len(owned_names(cluster)) == 13)
+    num_writes = len(writes(cluster, DEPLOYMENTS))
+
+    async with running_operator():  # resumed: nothing changed, nothing written
+        await wait_for(lambda: bool(_status(cluster).get("workloads")))
+        await asyncio.sleep(0.5)
+        assert len(writes(cluster, DEPLOYMENTS)) == num_writes
+
+    await patch_td(cluster, "llama", {"spec": {"prefill": {"replicas": 4}}})  # while it is down
+    async with running_operator():
+        await wait_for(lambda: live(cluster, DEPLOYMENTS)["llama-default-prefill"]["spec"]["replicas"] == 4)
+    assert len(owned_names(cluster)) == 13

@@ -1,0 +1,130 @@
+"""Worker discovery: static lists, Kubernetes EndpointSlices against kmock, health bookkeeping."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from kubernetes_asyncio import client as k8s_client
+
+from router.discovery import (HealthConfig, HealthState, StaticDiscovery, WorkerEndpoint, WorkerHealth,
+                              WorkerRole, parse_endpoint)
+from router.discovery_k8s import KubernetesDiscovery, KubernetesDiscoveryConfig, slice_endpoints
+
+NAMESPACE = "serving"
+SLICES = "discovery.k8s.io/v1/endpointslices"
+
+
+def endpoint_slice(name: str, role: str, model: str, pods: dict[str, tuple[str, bool | None]],
+                   deployment: str = "demo") -> dict:
+    """An EndpointSlice as the API serves it: pods maps a pod name to (ip, ready)."""
+    return {
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": "IPv4",
+        "metadata": {"name": name, "namespace": NAMESPACE,
+                     "labels": {"tandem.dev/deployment": deployment, "tandem.dev/role": role,
+                                "tandem.dev/model": model, "kubernetes.io/service-name": name}},
+        "ports": [{"name": "metrics", "port": 9100}, {"name": "grpc", "port": 50051}],
+        "endpoints": [{"addresses": [ip], "conditions": {} if ready is None else {"ready": ready},
+                       "targetRef": {"kind": "Pod", "name": pod, "namespace": NAMESPACE}}
+                      for pod, (ip, ready) in pods.items()],
+    }
+
+
+def ids(endpoints) -> set[tuple[str, str, str, str]]:
+    return {(e.worker_id, e.address, e.role.value, e.model) for e in endpoints}
+
+
+async def next_change(watch, timeout: float = 5.0):
+    return await asyncio.wait_for(anext(watch), timeout)
+
+
+@pytest.fixture
+async def k8s_api(kmock):
+    kmock.resources[SLICES] = {"kind": "EndpointSlice", "namespaced": True}
+    configuration = k8s_client.Configuration(host=str(kmock.url).rstrip("/"))
+    async with k8s_client.ApiClient(configuration) as api_client:
+        yield api_client
+
+
+async def test_endpoint_slices_initial_list_add_not_ready_and_delete(k8s_api):
+    api = k8s_client.DiscoveryV1Api(k8s_api)
+    await api.create_namespaced_endpoint_slice(NAMESPACE, endpoint_slice(
+        "demo-decode-small", "decode", "small", {"decode-0": ("10.0.0.1", True), "decode-1": ("10.0.0.2", None)}))
+    await api.create_namespaced_endpoint_slice(NAMESPACE, endpoint_slice(
+        "other-decode", "decode", "small", {"other-0": ("10.9.9.9", True)}, deployment="other"))
+    # A long retry delay: every change below must arrive through the watch, not a re-list.
+    discovery = KubernetesDiscovery(KubernetesDiscoveryConfig("demo", NAMESPACE, retry_delay_s=60), k8s_api)
+    await discovery.start()
+    watch = discovery.watch()
+    try:
+        initial = {("decode-0", "10.0.0.1:50051", "decode", "small"),
+                   ("decode-1", "10.0.0.2:50051", "decode", "small")}
+        assert ids(await next_change(watch)) == initial
+
+        await api.create_namespaced_endpoint_slice(NAMESPACE, endpoint_slice(
+            "demo-prefill-small", "prefill", "small", {"prefill-0": ("10.0.1.1", True)}))
+        added = initial | {("prefill-0", "10.0.1.1:50051", "prefill", "small")}
+        assert ids(await next_change(watch)) == added
+
+        not_ready = endpoint_slice("demo-decode-small", "decode", "small",
+                                   {"decode-0": ("10.0.0.1", True), "decode-1": ("10.0.0.2", False)})
+        await api.patch_namespaced_endpoint_slice("demo-decode-small", NAMESPACE,
+                                                  {"endpoints": not_ready["endpoints"]})
+        assert ids(await next_change(watch)) == added - {("decode-1", "10.0.0.2:50051", "decode", "small")}
+
+        await api.delete_namespaced_endpoint_slice("demo-decode-small", NAMESPACE)
+        assert ids(await next_change(watch)) == {("prefill-0", "10.0.1.1:50051", "prefill", "small")}
+        assert ids(discovery.endpoints()) == {("prefill-0", "10.0.1.1:50051", "prefill", "small")}
+    finally:
+        await watch.aclose()
+        await discovery.close()
+
+
+def test_slice_parsing_handles_ipv6_foreign_and_incomplete_slices():
+    config = KubernetesDiscoveryConfig("demo", NAMESPACE)
+    ipv6 = endpoint_slice("s", "decode", "small", {"decode-0": ("fd00::1", None)})
+    ipv6["addressType"] = "IPv6"
+    assert ids(slice_endpoints(ipv6, config)) == {("decode-0", "[fd00::1]:50051", "decode", "small")}
+    assert slice_endpoints(endpoint_slice("s", "decode", "small", {"x": ("10.0.0.1", True)},
+                                          deployment="other"), config) == frozenset()
+    unlabelled = endpoint_slice("s", "decode", "small", {"x": ("10.0.0.1", True)})
+    del unlabelled["metadata"]["labels"]["tandem.dev/role"]
+    assert slice_endpoints(unlabelled, config) == frozenset()
+
+
+async def test_static_discovery_and_endpoint_specs():
+    decode = parse_endpoint("decode:small@127.0.0.1:7001#decode-0")
+    prefill = parse_endpoint("prefill:small@127.0.0.1:7002")
+    assert decode == WorkerEndpoint("decode-0", "127.0.0.1:7001", WorkerRole.DECODE, "small")
+    assert prefill.worker_id == "127.0.0.1:7002" and prefill.role is WorkerRole.PREFILL
+    discovery = StaticDiscovery([decode])
+    watch = discovery.watch()
+    assert await next_change(watch) == {decode}
+    discovery.set_endpoints([decode, prefill])
+    assert await next_change(watch) == {decode, prefill}
+    await watch.aclose()
+    with pytest.raises(ValueError, match="duplicate"):
+        discovery.set_endpoints([decode, decode])
+    for spec in ("decode@x:1", "cook:small@127.0.0.1:1", "decode:small@127.0.0.1", "decode:small@h:99999"):
+        with pytest.raises(ValueError, match="worker spec"):
+            parse_endpoint(spec)
+
+
+def test_worker_health_takes_workers_out_and_probes_with_backoff():
+    health = WorkerHealth(HealthConfig(failure_threshold=2, initial_probe_delay_s=1.0, max_probe_delay_s=4.0))
+    workers = [parse_endpoint(f"decode:small@127.0.0.1:{7000 + i}#d{i}") for i in range(2)]
+    assert not health.record_failure("d0", now=0.0)
+    health.record_success("d0")  # a success resets the count
+    assert not health.record_failure("d0", now=1.0)
+    assert health.record_failure("d0", now=2.0)
+    assert health.state("d0") is HealthState.UNHEALTHY
+    assert health.healthy(workers) == [workers[1]]
+    assert health.due_for_probe(now=2.5) == []
+    assert health.due_for_probe(now=3.0) == ["d0"]
+    health.record_failure("d0", now=3.0)  # failed probe: next one 2 s later, then 4 s (the cap)
+    assert health.due_for_probe(now=4.9) == [] and health.due_for_probe(now=5.0) == ["d0"]
+    health.record_failure("d0", now=5.0)
+    health.record_failure("d0", now=9.0)
+    assert health.due_for_probe(now=12.9) == [] and health.due_for_probe(now=13.0) == ["d0"]
+    assert health.record_success("d0")
+    assert health.healthy(workers) == workers and health.due_for_probe(now=100.0) == []
