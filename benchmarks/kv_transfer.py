@@ -95,6 +95,10 @@ async def _receiver(pipe, args: argparse.Namespace, num_blocks: int) -> None:
             pipe.send(make_reservation(grant, receiver.address, receiver.layout).SerializeToString())
         elif name == "raw":
             num_used = params[0]
+            for _ in range(1000):  # the listener hands the endpoint over once its handshake is done
+                if raw_endpoints:
+                    break
+                await asyncio.sleep(0.01)
             endpoint = raw_endpoints[-1]
             receives = [endpoint.recv(block_run_buffer(cache, layer, 0, num_used), tag=RAW_TAG)
                         for layer in range(args.num_layers)]
@@ -114,6 +118,13 @@ async def _raw_receive(endpoint, receives: list, np) -> None:
     await endpoint.send(np.ones(1, dtype=np.uint8), tag=DONE_TAG)
 
 
+def _reply(pipe, timeout: float = 300.0):
+    """The receiver's next reply; raises if it stays silent (e.g. it died)."""
+    if not pipe.poll(timeout):
+        raise RuntimeError(f"receiver process sent no reply within {timeout} s")
+    return pipe.recv()
+
+
 def _digest(tensor) -> str:
     import torch
 
@@ -125,7 +136,7 @@ async def _tandem_once(sender, pipe, request_id: str, num_used: int) -> float:
     from tandem.kv import LayerStreamer
 
     pipe.send(("grant", request_id, num_used))
-    reservation = worker_pb2.Reservation.FromString(pipe.recv())
+    reservation = worker_pb2.Reservation.FromString(_reply(pipe))
     start = time.perf_counter()
     streamer = LayerStreamer(sender, reservation, list(range(num_used)))
     for layer in range(sender.layout.num_layers):
@@ -140,7 +151,7 @@ async def _raw_once(endpoint, cache, pipe, num_used: int) -> float:
     from tandem.kv.ucx_runtime import block_run_buffer
 
     pipe.send(("raw", num_used))
-    assert pipe.recv() == "posted"
+    assert _reply(pipe) == "posted"
     start = time.perf_counter()
     sends = [endpoint.send(block_run_buffer(cache, layer, 0, num_used), tag=RAW_TAG) for layer in range(cache.shape[0])]
     await asyncio.wait_for(asyncio.gather(*sends), 120)
@@ -171,7 +182,7 @@ async def handoff_bandwidth(args: argparse.Namespace, cache, pipe, raw_address: 
                 raw_s.append(raw)
                 tandem_s.append(tandem)
         pipe.send(("digest", num_used))
-        verified = pipe.recv() == _digest(cache[:, :num_used])
+        verified = _reply(pipe) == _digest(cache[:, :num_used])
         tandem_gbps = num_bytes / statistics.median(tandem_s) / 1e9
         raw_gbps = num_bytes / statistics.median(raw_s) / 1e9
         rows.append({"size_mb": num_bytes / 2**20, "num_blocks": num_used, "messages_per_transfer": args.num_layers,
@@ -196,9 +207,7 @@ async def _run(args: argparse.Namespace) -> dict:
     receiver.start()
     cache = allocate_kv_cache(cache_spec(args, num_blocks))
     cache.view(torch.uint8).random_()  # distinct bytes everywhere, so the digest check means something
-    if not pipe.poll(120):
-        raise RuntimeError("receiver process did not start")
-    kv_address, raw_port = pipe.recv()
+    kv_address, raw_port = _reply(pipe, 120)
     try:
         bandwidth = await handoff_bandwidth(args, cache, pipe, (kv_address.rsplit(":", 1)[0], raw_port))
     finally:

@@ -11,6 +11,7 @@ from tandem.api.v1 import worker_pb2_grpc
 from tandem.kv.grants import GrantTable
 from tandem.kv.transport import KVTransferConfig
 from tandem.kv.ucx_receiver import UCXKVReceiver
+from tandem.kv.ucx_runtime import shutdown_ucx
 from tandem.serving.engine_loop import EngineLoop
 from tandem.serving.grpc_server import ServiceBinding
 from tandem.serving.worker_args import add_worker_arguments
@@ -42,4 +43,9 @@ async def _setup(args: argparse.Namespace, loop: EngineLoop, identity: WorkerIde
     grants.on_release = service.on_grant_released
     binding = ServiceBinding(worker_pb2_grpc.add_DecodeWorkerServicer_to_server, service,
                              "tandem.v1.DecodeWorker")
-    return WorkerParts(binding, service, {"kv_address": receiver.address}, receiver.close)
+
+    async def close() -> None:
+        await receiver.close()
+        shutdown_ucx()  # UCX's notifier thread would otherwise keep the process alive
+
+    return WorkerParts(binding, service, {"kv_address": receiver.address}, close)

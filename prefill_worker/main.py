@@ -8,7 +8,7 @@ import asyncio
 from prefill_worker.service import PrefillService
 from tandem.api.v1 import worker_pb2_grpc
 from tandem.kv.transport import KVTransferConfig
-from tandem.kv.ucx_runtime import ensure_ucx
+from tandem.kv.ucx_runtime import ensure_ucx, shutdown_ucx
 from tandem.kv.ucx_sender import UCXKVSender
 from tandem.serving.engine_loop import EngineLoop
 from tandem.serving.grpc_server import ServiceBinding
@@ -37,7 +37,12 @@ async def _setup(args: argparse.Namespace, loop: EngineLoop, identity: WorkerIde
     service = PrefillService(loop, sender, identity, probe=_load_probe(args.probe))
     binding = ServiceBinding(worker_pb2_grpc.add_PrefillWorkerServicer_to_server, service,
                              "tandem.v1.PrefillWorker")
-    return WorkerParts(binding, service, close=sender.close)
+
+    async def close() -> None:
+        await sender.close()
+        shutdown_ucx()  # UCX's notifier thread would otherwise keep the process alive
+
+    return WorkerParts(binding, service, close=close)
 
 
 def _load_probe(path: str | None):

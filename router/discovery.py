@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 
-class WorkerRole(str, enum.Enum):
+class WorkerRole(enum.StrEnum):
     """Which phase a worker serves."""
 
     PREFILL = "prefill"
@@ -143,7 +143,7 @@ class StaticDiscovery:
         """Nothing to stop."""
 
 
-class HealthState(str, enum.Enum):
+class HealthState(enum.StrEnum):
     """Whether the router sends requests to a worker."""
 
     HEALTHY = "healthy"

@@ -98,13 +98,22 @@ def _slice_port(ports: list[dict], port_name: str) -> int | None:
 class KubernetesDiscovery:
     """Follows the EndpointSlices of one Tandem deployment."""
 
-    def __init__(self, config: KubernetesDiscoveryConfig, api_client: k8s_client.ApiClient) -> None:
+    def __init__(self, config: KubernetesDiscoveryConfig, api_client: k8s_client.ApiClient, *,
+                 owns_client: bool = False) -> None:
         self.config = config
+        self.api_client = api_client
         self.api = k8s_client.DiscoveryV1Api(api_client)
+        self._owns_client = owns_client
         self._set = EndpointSet()
         self._slices: dict[str, frozenset[WorkerEndpoint]] = {}
         self._synced = asyncio.Event()
         self._task: asyncio.Task | None = None
+        self.last_error: str | None = None
+
+    @classmethod
+    async def connect(cls, config: KubernetesDiscoveryConfig, kubeconfig: str | None = None) -> KubernetesDiscovery:
+        """A discovery with its own ApiClient (see kubernetes_api_client), closed by close()."""
+        return cls(config, await kubernetes_api_client(kubeconfig), owns_client=True)
 
     def endpoints(self) -> frozenset[WorkerEndpoint]:
         """The ready workers now."""
@@ -118,15 +127,23 @@ class KubernetesDiscovery:
         """Starts following; returns after the first successful list (TimeoutError after timeout_s)."""
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="kubernetes-discovery")
-        await asyncio.wait_for(self._synced.wait(), timeout_s)
+        try:
+            await asyncio.wait_for(self._synced.wait(), timeout_s)
+        except TimeoutError:
+            await self.close()
+            raise TimeoutError(f"no EndpointSlice list for {self.config.namespace}/{self.config.deployment} "
+                               f"within {timeout_s:g}s (last error: {self.last_error})") from None
 
     async def close(self) -> None:
-        """Stops following (the ApiClient stays open: its owner closes it)."""
+        """Stops following; closes the ApiClient if this discovery created it."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        if self._owns_client:
+            await self.api_client.close()
+            self._owns_client = False
 
     async def _run(self) -> None:
         while True:
@@ -137,6 +154,7 @@ class KubernetesDiscovery:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                self.last_error = f"{type(exc).__name__}: {exc}"
                 log.warning("EndpointSlice watch of %s/%s failed, re-listing in %.1fs: %s",
                             self.config.namespace, self.config.deployment, self.config.retry_delay_s, exc)
                 await asyncio.sleep(self.config.retry_delay_s)

@@ -167,9 +167,9 @@ class Dispatcher:
                 first = FirstToken(chunk.token_ids[0], chunk.logprobs[0] if chunk.logprobs else None,
                                    list(chunk.hidden_state), -1.0, chunk.num_cached_prompt_tokens,
                                    is_disaggregated=False)
-                yield first
                 if on_first_token is not None:
                     on_first_token(first)
+                yield first
                 rest = worker_pb2.DecodeChunk()
                 rest.CopyFrom(chunk)
                 del rest.token_ids[0]
@@ -194,8 +194,8 @@ class Dispatcher:
                            list(response.hidden_state), response.probe_difficulty,
                            reservation.num_cached_blocks * self.settings.block_size,
                            is_disaggregated=True)
-        yield first
         budget = on_first_token(first) if on_first_token is not None else None
+        yield first
         if budget is not None:
             plan.budget.CopyFrom(budget)
         if _is_finished_after_first(plan):

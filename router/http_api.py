@@ -111,6 +111,10 @@ async def _send_events(request: web.Request, stream, renderer: OpenAIRenderer) -
         await _send(response, exc.openai_body())
     except ConnectionResetError:
         log.info("client went away during %s; closing its stream", request.path)
+    except Exception:
+        # The status line is sent: the error can only travel as an event.
+        log.exception("unexpected error while streaming %s", request.path)
+        await _send(response, RouterError(ErrorCode.INTERNAL, "internal error; see the router's log").openai_body())
     return response
 
 
@@ -169,6 +173,7 @@ def build_http_app(service: GenerationService, authenticator: Authenticator, *,
     app.router.add_get("/readyz", api.readyz)
     if metrics is not None:
         async def serve_metrics(request: web.Request) -> web.Response:
+            """GET /metrics: the Prometheus exposition."""
             body, content_type = metrics.exposition()
             return web.Response(body=body, headers={"Content-Type": content_type})
         app.router.add_get("/metrics", serve_metrics)

@@ -40,7 +40,7 @@ _CHAT_FIELDS = _COMMON_FIELDS | {"messages", "max_completion_tokens", "logprobs"
 _COMPLETION_FIELDS = _COMMON_FIELDS | {"prompt", "logprobs", "echo", "suffix", "best_of"}
 
 
-class Endpoint(str, enum.Enum):
+class Endpoint(enum.StrEnum):
     """Which OpenAI endpoint a request came to."""
 
     COMPLETIONS = "completions"

@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 
+from router.discovery import WorkerEndpoint
 from router.worker_pool import WorkerPool
 
 log = logging.getLogger(__name__)
@@ -18,9 +19,11 @@ def add_discovery_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prefill-workers", default="", help="static: host:port,host:port")
     parser.add_argument("--decode-workers", default="", help="static: host:port,host:port")
     parser.add_argument("--namespace", default=os.environ.get("POD_NAMESPACE", "default"),
-                        help="kubernetes: namespace of the worker Services")
+                        help="kubernetes: namespace of the worker EndpointSlices")
     parser.add_argument("--deployment", default=os.environ.get("TANDEM_DEPLOYMENT", ""),
                         help="kubernetes: TandemDeployment name the workers carry as a label")
+    parser.add_argument("--kubeconfig", default=None,
+                        help="kubernetes: kubeconfig file (default: in-cluster configuration)")
 
 
 async def start_discovery(args: argparse.Namespace, pool: WorkerPool) -> asyncio.Task | None:
@@ -31,17 +34,26 @@ async def start_discovery(args: argparse.Namespace, pool: WorkerPool) -> asyncio
             raise SystemExit("static discovery needs at least one --decode-workers address")
         pool.set_endpoints(endpoints)
         return None
-    from router.discovery import EndpointSliceDiscovery
+    from router.discovery_k8s import KubernetesDiscovery, KubernetesDiscoveryConfig
 
-    discovery = EndpointSliceDiscovery(namespace=args.namespace, deployment=args.deployment)
+    discovery = await KubernetesDiscovery.connect(
+        KubernetesDiscoveryConfig(deployment=args.deployment, namespace=args.namespace),
+        kubeconfig=args.kubeconfig)
     await discovery.start()
+    pool.set_endpoints(_pairs(discovery.endpoints()))
 
     async def follow() -> None:
-        async for endpoints in discovery.updates():
-            pool.set_endpoints([(e.address, e.role) for e in endpoints])
+        try:
+            async for endpoints in discovery.watch():
+                pool.set_endpoints(_pairs(endpoints))
+        finally:
+            await discovery.close()
 
-    pool.set_endpoints([(e.address, e.role) for e in discovery.current()])
     return asyncio.get_running_loop().create_task(follow())
+
+
+def _pairs(endpoints: frozenset[WorkerEndpoint]) -> list[tuple[str, str]]:
+    return [(endpoint.address, str(endpoint.role)) for endpoint in endpoints]
 
 
 def _static(addresses: str, role: str) -> list[tuple[str, str]]:

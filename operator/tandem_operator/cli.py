@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import os
 import sys
+import threading
 
 import kopf
 
@@ -54,8 +55,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-async def operate(options: OperatorOptions, stop_flag: asyncio.Event | None = None,
-                  ready_flag: asyncio.Event | None = None) -> None:
+async def operate(options: OperatorOptions,
+                  stop_flag: asyncio.Event | threading.Event | None = None,
+                  ready_flag: asyncio.Event | threading.Event | None = None) -> None:
     """Runs kopf with the registered handlers and these options (tests call this in-process)."""
     liveness = (f"http://0.0.0.0:{options.liveness_port}/healthz"
                 if options.liveness_port else None)

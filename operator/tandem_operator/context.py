@@ -46,6 +46,7 @@ class OperatorContext:
     options: OperatorOptions
     kube: KubeClient
     http: aiohttp.ClientSession
+    is_closed: bool = False
 
     def metrics_source(self, autoscaling: AutoscalingSpec) -> MetricsSource:
         """The source a TandemDeployment's autoscaling spec asks for."""
@@ -61,6 +62,7 @@ class OperatorContext:
 
     async def close(self) -> None:
         """Closes the HTTP clients."""
+        self.is_closed = True
         await self.http.close()
         await self.kube.close()
 

@@ -132,11 +132,11 @@ class LLMEngine:
     def generate(self, prompts: list[list[int]],
                  params: SamplingParams | list[SamplingParams]) -> list[Completion]:
         """Runs the prompts to completion on an idle engine; one Completion per prompt, in order."""
-        if self.has_unfinished_requests():
-            raise RuntimeError("generate needs an idle engine: other requests are still running")
         params_list = params if isinstance(params, list) else [params] * len(prompts)
         if len(params_list) != len(prompts):
             raise ValueError(f"{len(prompts)} prompts but {len(params_list)} SamplingParams")
+        if self.has_unfinished_requests():
+            raise RuntimeError("generate needs an idle engine: other requests are still running")
         self._num_generate_calls += 1
         request_ids = [f"generate-{self._num_generate_calls}-{i}" for i in range(len(prompts))]
         for i, (prompt, prompt_params) in enumerate(zip(prompts, params_list)):

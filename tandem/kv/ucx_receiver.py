@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+from collections import deque
 
 import numpy as np
 import torch
@@ -94,12 +95,17 @@ class UCXKVReceiver:
         self._connections.add(task)
         self._endpoints.add(endpoint)
         payloads: set[asyncio.Task] = set()
+        headers: deque[tuple[np.ndarray, asyncio.Future]] = deque()
         try:
             await self._send(endpoint, encode_hello(Hello(self.instance_id, self.grants.num_blocks, self.layout)),
                              HELLO_TAG, self.config.connect_timeout_s)
             window = asyncio.Semaphore(self.config.max_inflight_messages)
+            # Several header receives stay posted (UCX fills them in posting order), so a burst
+            # of headers costs one wake-up of this loop rather than one per header.
+            headers = deque(self._post_header_receive(endpoint) for _ in range(self.config.max_inflight_messages))
             while True:
-                header = await self._next_header(endpoint)
+                header = await self._next_header(endpoint, *headers.popleft())
+                headers.append(self._post_header_receive(endpoint))
                 if header.kind is MessageKind.DATA:
                     await window.acquire()
                     payload = asyncio.create_task(self._receive_data(endpoint, header, window))
@@ -112,17 +118,22 @@ class UCXKVReceiver:
         except Exception as error:
             logger.info("KV connection closed: %s: %s", type(error).__name__, error)
         finally:
-            for payload in payloads:
-                payload.cancel()
-            await asyncio.gather(*payloads, return_exceptions=True)
+            unfinished = [*payloads, *(receive for _, receive in headers)]
+            for pending in unfinished:
+                pending.cancel()
+            await asyncio.gather(*unfinished, return_exceptions=True)
             self._endpoints.discard(endpoint)
             endpoint.abort()
             self._connections.discard(task)
 
-    async def _next_header(self, endpoint) -> Header:
+    @staticmethod
+    def _post_header_receive(endpoint) -> tuple[np.ndarray, asyncio.Future]:
         buffer = np.zeros(HEADER_NBYTES, dtype=np.uint8)
+        return buffer, asyncio.ensure_future(endpoint.recv(buffer, tag=HEADER_TAG))
+
+    async def _next_header(self, endpoint, buffer: np.ndarray, receive: asyncio.Future) -> Header:
         try:
-            await asyncio.wait_for(endpoint.recv(buffer, tag=HEADER_TAG), self.config.idle_timeout_s)
+            await asyncio.wait_for(receive, self.config.idle_timeout_s)
             return decode_header(buffer)
         except (MalformedMessage, UCXMessageTruncatedError) as error:
             logger.warning("refused malformed header, closing the connection: %s", error)

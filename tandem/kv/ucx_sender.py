@@ -44,7 +44,6 @@ class _Connection:
     window: asyncio.Semaphore
     pending: dict[int, asyncio.Future] = dataclasses.field(default_factory=dict)
     next_seq: int = 1
-    reader: asyncio.Task | None = None
     error: BaseException | None = None
 
     @property
@@ -142,17 +141,22 @@ class UCXKVSender:
             connection.next_seq += 1
             ack_future = asyncio.get_running_loop().create_future()
             connection.pending[seq] = ack_future
-            # No await between posting the header and its payload: pairs never interleave.
+            endpoint = connection.endpoint
+            # No await between posting the header and its payload: pairs never interleave. Every
+            # message also posts one ack receive, so acks are received in parallel rather than by
+            # one serial reader; an ack may land in any message's buffer and is dispatched by seq.
             header_bytes = np.frombuffer(encode_header(dataclasses.replace(header, seq=seq)), dtype=np.uint8)
-            sends = [asyncio.ensure_future(connection.endpoint.send(header_bytes, tag=HEADER_TAG))]
+            ack_buffer = np.zeros(ACK_NBYTES, dtype=np.uint8)
+            transfers = [asyncio.ensure_future(endpoint.send(header_bytes, tag=HEADER_TAG))]
             if payload is not None:
-                sends.append(asyncio.ensure_future(connection.endpoint.send(payload, tag=PAYLOAD_TAG)))
-            self._ensure_reader(connection)
+                transfers.append(asyncio.ensure_future(endpoint.send(payload, tag=PAYLOAD_TAG)))
+            transfers.append(asyncio.ensure_future(endpoint.recv(ack_buffer, tag=ACK_TAG)))
             try:
-                results = await asyncio.wait_for(asyncio.gather(*sends, return_exceptions=True), timeout)
+                results = await asyncio.wait_for(asyncio.gather(*transfers, return_exceptions=True), timeout)
                 errors = [result for result in results if isinstance(result, BaseException)]
                 if errors:
                     raise errors[0]
+                self._dispatch_ack(connection, ack_buffer)
                 return await asyncio.wait_for(asyncio.shield(ack_future), timeout)
             except TimeoutError:
                 self._fail(connection, KVTransferError(f"no answer within {timeout} s"))
@@ -168,27 +172,15 @@ class UCXKVSender:
                 future.exception()  # retrieved here so that an unawaited failure is not reported twice
             connection.window.release()
 
-    def _ensure_reader(self, connection: _Connection) -> None:
-        if connection.reader is None or connection.reader.done():
-            connection.reader = asyncio.create_task(self._read_acks(connection))
-
-    async def _read_acks(self, connection: _Connection) -> None:
-        try:
-            while connection.pending:
-                buffer = np.zeros(ACK_NBYTES, dtype=np.uint8)
-                await asyncio.wait_for(connection.endpoint.recv(buffer, tag=ACK_TAG), self.config.transfer_timeout_s)
-                ack = decode_ack(buffer)
-                if ack.instance_id != connection.instance_id:
-                    raise KVTransferError("receiver instance changed under an open connection")
-                future = connection.pending.get(ack.seq)
-                if future is not None and not future.done():
-                    future.set_result(ack)
-                if ack.status is AckStatus.MALFORMED:
-                    raise KVTransferError(f"receiver closed the connection: {ack.reason}")
-        except asyncio.CancelledError:
-            raise
-        except Exception as error:
-            self._fail(connection, error)
+    def _dispatch_ack(self, connection: _Connection, buffer: np.ndarray) -> None:
+        ack = decode_ack(buffer)
+        if ack.instance_id != connection.instance_id:
+            raise KVTransferError("receiver instance changed under an open connection")
+        future = connection.pending.get(ack.seq)
+        if future is None:
+            raise KVTransferError(f"ack for unknown message {ack.seq}: {ack.status.name} {ack.reason}")
+        if not future.done():
+            future.set_result(ack)
 
     async def _connection(self, address: str) -> tuple[_Connection, bool]:
         connection = self._connections.get(address)
@@ -235,8 +227,6 @@ class UCXKVSender:
         for future in connection.pending.values():
             if not future.done():
                 future.set_exception(_ConnectionLost(f"{type(error).__name__}: {error}"))
-        if connection.reader is not None and connection.reader is not asyncio.current_task():
-            connection.reader.cancel()
         if self._connections.get(connection.address) is connection:
             del self._connections[connection.address]
         connection.endpoint.abort()

@@ -35,7 +35,7 @@ _EWMA_ALPHA = 0.2
 _TOKEN_EPSILON = 1e-6
 
 
-class RefusalReason(str, enum.Enum):
+class RefusalReason(enum.StrEnum):
     """Why a request was refused."""
 
     TOKEN_RATE = "token_rate"
@@ -77,10 +77,14 @@ class QuotaSubject(Protocol):
     """Whatever is admitted: anything with a name and a quota (the router's Tenant)."""
 
     @property
-    def name(self) -> str: ...
+    def name(self) -> str:
+        """The tenant's unique name."""
+        ...
 
     @property
-    def quota(self) -> TenantQuota: ...
+    def quota(self) -> TenantQuota:
+        """The tenant's current limits."""
+        ...
 
 
 @dataclass(slots=True)
@@ -129,6 +133,7 @@ class _DurationStats:
     mean_s: float | None = None
 
     def observe(self, duration_s: float) -> None:
+        """Adds one request duration to the moving mean."""
         self.mean_s = duration_s if self.mean_s is None else (
             (1 - _EWMA_ALPHA) * self.mean_s + _EWMA_ALPHA * duration_s)
 
@@ -142,6 +147,7 @@ class _TenantState:
     durations: _DurationStats = field(default_factory=_DurationStats)
 
     def refill(self, now: float) -> None:
+        """Adds the tokens earned since the last update, up to the bucket's capacity."""
         capacity = self.quota.bucket_capacity
         if capacity is None:
             return

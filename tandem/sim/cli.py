@@ -12,7 +12,9 @@ import numpy as np
 
 from tandem.sim.config import AutoscaleMode, Design, SimConfig, default_worker_choice
 from tandem.sim.hardware import GPU_TYPES, default_perf_csv
-from tandem.sim.traces import Trace, TraceFormat, amplify, load_trace, poisson, scale_rate, window
+from tandem.sim.perf_model import DecodeTiming
+from tandem.sim.traces import (Trace, TraceFormat, amplify, load_trace, poisson, scale_rate,
+                               spread_ties, window)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -21,6 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     work = parser.add_argument_group("workload")
     work.add_argument("--trace", required=True, type=pathlib.Path, help="Azure CSV or Mooncake JSONL")
     work.add_argument("--format", choices=[f.value for f in TraceFormat], help="default: detected")
+    work.add_argument("--spread-ties", action="store_true",
+                      help="spread requests sharing a timestamp until the next one (the Mooncake "
+                           "trace stamps ~10 requests at once every few seconds)")
     work.add_argument("--rate-scale", type=float, default=1.0, help="replay at K times the rate")
     work.add_argument("--load-scale", type=int, default=1,
                       help="K jittered copies on the trace's own timeline (K times the load, "
@@ -49,6 +54,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     cluster.add_argument("--kv-overlap", type=float, default=0.9)
     cluster.add_argument("--min-disaggregate-tokens", type=int,
                          help="uncached prompts shorter than this prefill on the decode machine")
+    cluster.add_argument("--prefix-caching", action=argparse.BooleanOptionalAction,
+                         help="reuse cached prompt blocks (Mooncake hash_ids) and route by them; "
+                              "default: on for --design tandem only")
     scale = parser.add_argument_group("autoscaling")
     scale.add_argument("--autoscale", choices=[m.value for m in AutoscaleMode], default="static")
     scale.add_argument("--autoscale-interval", type=float, default=15.0)
@@ -63,6 +71,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="machine cost per hour, e.g. H100=4.76 (repeatable)")
     costs.add_argument("--idle-power-fraction", type=float, default=0.2)
     costs.add_argument("--perf-csv", type=pathlib.Path, default=default_perf_csv())
+    costs.add_argument("--decode-timing", choices=[t.value for t in DecodeTiming],
+                       default=DecodeTiming.BATCH_SWEEP.value,
+                       help="decode iteration times: over the measured batch sweep (default) or "
+                            "as the Splitwise simulator reads them (nearly flat in batch size)")
     out = parser.add_argument_group("output")
     out.add_argument("--json", action="store_true", help="print the JSON summary only")
     out.add_argument("--out", type=pathlib.Path, help="write summary.json, requests.csv and PNGs here")
@@ -71,6 +83,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def build_trace(args: argparse.Namespace) -> Trace:
     """The workload the options describe."""
     trace = load_trace(args.trace, args.format)
+    if args.spread_ties:
+        trace = spread_ties(trace)
     if args.start or args.duration is not None:
         trace = window(trace, args.start, args.duration)
     if args.poisson_rate is not None:
@@ -93,12 +107,13 @@ def build_config(args: argparse.Namespace) -> SimConfig:
         decode_gpu=args.decode_gpu, num_prefill=args.prefill, num_decode=args.decode,
         max_batch_size=args.max_batch_size, max_batch_tokens=args.max_batch_tokens,
         link_bandwidth_gb_s=args.link_bandwidth, link_latency_s=args.link_latency,
-        kv_overlap=args.kv_overlap, worker_choice=choice, autoscale=AutoscaleMode(args.autoscale),
+        kv_overlap=args.kv_overlap, worker_choice=choice, prefix_caching=args.prefix_caching,
+        autoscale=AutoscaleMode(args.autoscale),
         autoscale_interval_s=args.autoscale_interval, provision_delay_s=args.provision_delay,
         min_machines=args.min_machines, max_machines=args.max_machines,
         utilization_target=args.utilization_target, reference_gpu=args.slo_reference_gpu,
         gpu_cost_per_hour=_parse_costs(args.gpu_cost), idle_power_fraction=args.idle_power_fraction,
-        perf_csv=args.perf_csv)
+        perf_csv=args.perf_csv, decode_timing=DecodeTiming(args.decode_timing))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -114,8 +129,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     summary["trace"] = {"path": str(args.trace), "num_requests": len(trace),
                         "rate_scale": args.rate_scale, "load_scale": args.load_scale,
-                        "poisson_rate": args.poisson_rate,
-                        "seed": args.seed}
+                        "poisson_rate": args.poisson_rate, "spread_ties": args.spread_ties,
+                        "start_s": args.start, "duration_s": args.duration, "seed": args.seed}
     if args.out is not None:
         write_outputs(result, summary, args.out)
     if args.json:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from tandem.policy.worker_choice import WorkerChoiceConfig
 from tandem.sim.hardware import GPU_TYPES, default_perf_csv
+from tandem.sim.perf_model import DecodeTiming
 
 
 class Design(str, enum.Enum):
@@ -71,6 +72,8 @@ class SimConfig:
     link_latency_s: float = 1e-4
     kv_overlap: float = 0.9                  # share of the KV transfer hidden behind the prefill
     worker_choice: WorkerChoiceConfig | None = None  # None: the design's default
+    prefix_caching: bool | None = None       # reuse cached prompt blocks (None: Tandem only, as
+                                             # the Splitwise systems had no prefix cache)
     autoscale: AutoscaleMode = AutoscaleMode.STATIC
     autoscale_interval_s: float = 15.0
     provision_delay_s: float = 120.0         # a new machine serves after this (weights loading)
@@ -84,10 +87,12 @@ class SimConfig:
     gpu_cost_per_hour: dict[str, float] = field(default_factory=dict)  # overrides, by GPU name
     idle_power_fraction: float = 0.2         # of TDP, when a machine runs nothing
     perf_csv: pathlib.Path = field(default_factory=default_perf_csv)
+    decode_timing: DecodeTiming = DecodeTiming.BATCH_SWEEP  # how decode iterations are timed
 
     def __post_init__(self) -> None:
         self.design = Design(self.design)
         self.autoscale = AutoscaleMode(self.autoscale)
+        self.decode_timing = DecodeTiming(self.decode_timing)
         if self.design is Design.COLOCATED:
             _at_least(self, "num_machines", 1)
             if self.autoscale is not AutoscaleMode.STATIC:
@@ -117,6 +122,8 @@ class SimConfig:
                              f"known: {sorted(GPU_TYPES)}")
         if self.worker_choice is None:
             self.worker_choice = default_worker_choice(self.design)
+        if self.prefix_caching is None:
+            self.prefix_caching = self.design is Design.TANDEM
 
     @property
     def is_disaggregated(self) -> bool:

@@ -72,7 +72,8 @@ class Simulator:
         """Simulates every request of `trace` to completion."""
         reqs = Requests(trace.prompt_tokens.tolist(), trace.output_tokens.tolist())
         self.reqs, self.trace = reqs, trace
-        self.hashes = trace.block_hashes
+        # Without prefix caching the block hashes mean nothing to the router or the machines.
+        self.hashes = trace.block_hashes if self.config.prefix_caching else None
         self.block_size = trace.block_size
         arrivals = self.arrivals = trace.arrival_s.tolist()
         heap, machines = self._heap, self.machines
@@ -147,31 +148,39 @@ class Simulator:
         reqs.decode_machine[rid] = decode.index
         if choice.reason.startswith("prefix locality"):
             self.routing.num_locality_choices += 1
-        target = decode
+        target, is_diverted = decode, False
         if self.prefill_pool is not None:
-            num_uncached = max(1, reqs.prompt[rid] - choice.num_cached_blocks * self.block_size)
-            prefill_snaps = [m.snapshot_cache or m.snapshot() for m in self.prefill_pool.routable]
-            is_split, _ = worker_choice.should_disaggregate(num_uncached, prefill_snaps, cfg)
-            if is_split:
-                picked = worker_choice.choose_prefill_worker(prefill_snaps, reqs.prompt[rid], cfg)
-                target = self.prefill_pool.by_id[picked.worker_id]
-                decode.num_expected += 1
-                decode.snapshot_cache = None
-                self.routing.num_disaggregated += 1
-            else:
-                self.routing.num_local_prefill += 1
-                if num_uncached >= cfg.min_disaggregate_prompt_tokens:
-                    self.diverted.add(rid)
-                    self.diverted_tokens += num_uncached
+            target, is_diverted = self._place_prefill(rid, decode, choice.num_cached_blocks)
         cached = target.cached_prefix_blocks(hashes) if hashes else 0
         num_uncached = max(1, reqs.prompt[rid] - cached * self.block_size)
         self.routing.num_cached_prompt_tokens += reqs.prompt[rid] - num_uncached
         reqs.uncached[rid] = num_uncached
         reqs.prefill_machine[rid] = target.index
         target.enqueue_prompt(rid, num_uncached)
+        if is_diverted:
+            # Counted with the tokens the decode machine really computes, which is what the
+            # prefill pool's autoscaler must see and what `_iteration_end` takes back.
+            self.diverted.add(rid)
+            self.diverted_tokens += num_uncached
         if hashes:
             self.prefix_index.record(decode.machine_id, hashes)
         self._start(target, now)
+
+    def _place_prefill(self, rid: int, decode: Machine, num_cached_blocks: int) -> tuple[Machine, bool]:
+        # Conditional disaggregation: (machine that prefills, whether a saturated prefill pool
+        # pushed a prompt that should have been disaggregated onto the decode machine).
+        reqs, cfg = self.reqs, self.config.worker_choice
+        num_uncached = max(1, reqs.prompt[rid] - num_cached_blocks * self.block_size)
+        prefill_snaps = [m.snapshot_cache or m.snapshot() for m in self.prefill_pool.routable]
+        is_split, _ = worker_choice.should_disaggregate(num_uncached, prefill_snaps, cfg)
+        if not is_split:
+            self.routing.num_local_prefill += 1
+            return decode, num_uncached >= cfg.min_disaggregate_prompt_tokens
+        picked = worker_choice.choose_prefill_worker(prefill_snaps, reqs.prompt[rid], cfg)
+        decode.num_expected += 1
+        decode.snapshot_cache = None
+        self.routing.num_disaggregated += 1
+        return self.prefill_pool.by_id[picked.worker_id], False
 
     def _iteration_end(self, machine: Machine, now: float) -> None:
         reqs = self.reqs

@@ -10,23 +10,25 @@ from tandem.policy.autoscaling import Phase
 from tandem.sim.config import SimConfig
 from tandem.sim.hardware import GpuType, ModelSpec, gpu_type, kv_capacity_tokens, model_spec
 from tandem.sim.machine import Machine
-from tandem.sim.perf_model import PerfModel, load_perf_model
+from tandem.sim.perf_model import DecodeTiming, PerfModel, load_perf_model
 
 if TYPE_CHECKING:
     from tandem.sim.engine import Simulator
 
 
 @functools.lru_cache(maxsize=32)
-def cached_perf_model(csv_path: str, model: str, hardware: str, tensor_parallel: int) -> PerfModel:
+def cached_perf_model(csv_path: str, model: str, hardware: str, tensor_parallel: int,
+                      decode_timing: DecodeTiming = DecodeTiming.BATCH_SWEEP) -> PerfModel:
     """The perf model of one (model, hardware, tp), read from the CSV once per process."""
-    return load_perf_model(pathlib.Path(csv_path), model, hardware, tensor_parallel)
+    return load_perf_model(pathlib.Path(csv_path), model, hardware, tensor_parallel,
+                           decode_timing=decode_timing)
 
 
 def perf_for(config: SimConfig, gpu_name: str) -> PerfModel:
     """The perf model of `gpu_name` under this configuration's model and tensor parallelism."""
     gpu = gpu_type(gpu_name)
     return cached_perf_model(str(config.perf_csv), config.model, gpu.csv_name,
-                             config.tensor_parallel)
+                             config.tensor_parallel, config.decode_timing)
 
 
 class Pool:

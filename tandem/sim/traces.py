@@ -185,6 +185,27 @@ def poisson(trace: Trace, rate_per_s: float, num_requests: int, seed: int) -> Tr
                  trace.block_size, f"poisson({rate_per_s}/s) from {trace.source}")
 
 
+def spread_ties(trace: Trace) -> Trace:
+    """Spreads requests that share a timestamp evenly until the next distinct timestamp.
+
+    The Mooncake trace stamps requests in groups (about 10 at a time, some 3 s apart); replayed as
+    is, each group lands at once. Spreading keeps every group in its own interval and the order of
+    the requests; the last group spreads over the median interval between distinct timestamps.
+    """
+    times = trace.arrival_s
+    if len(times) < 2:
+        return trace
+    distinct, first, counts = np.unique(times, return_index=True, return_counts=True)
+    gaps = np.diff(distinct)
+    if gaps.size == 0:
+        return trace
+    widths = np.append(gaps, np.median(gaps))
+    rank = np.arange(len(times)) - np.repeat(first, counts)   # position within its group
+    spread = times + np.repeat(widths / counts, counts) * rank
+    return Trace(spread, trace.prompt_tokens, trace.output_tokens, trace.block_hashes,
+                 trace.block_size, trace.source)
+
+
 def amplify(trace: Trace, factor: int, seed: int, jitter_s: float = 10.0) -> Trace:
     """`factor` copies of `trace` on its own timeline, each arrival jittered by up to +-jitter_s/2.
 

@@ -5,7 +5,7 @@ carry `phase` ("prefill" or "decode"). The router counts requests by `outcome` a
 
     metrics = default_metrics()
     metrics.queue_requests.labels(phase="prefill", worker=worker_id, model=model).set(3)
-    server = start_metrics_server(9100)   # server.port, server.close()
+    port = start_metrics_server(9100)
 """
 
 from __future__ import annotations
@@ -121,23 +121,10 @@ def default_metrics() -> Metrics:
         return _default
 
 
-@dataclass(slots=True)
-class MetricsServer:
-    """A running /metrics HTTP server."""
-
-    port: int
-    _server: object
-
-    def close(self) -> None:
-        """Stops serving and frees the port."""
-        self._server.shutdown()
-        self._server.server_close()
-
-
-def start_metrics_server(port: int, host: str = "0.0.0.0", metrics: Metrics | None = None) -> MetricsServer:
-    """Serves /metrics over HTTP from a daemon thread (port 0 picks a free port, see `.port`)."""
+def start_metrics_server(port: int, host: str = "0.0.0.0", metrics: Metrics | None = None) -> int:
+    """Serves /metrics over HTTP from a daemon thread for the process's life; returns the bound port."""
     if not 0 <= port <= 65535:
         raise ValueError(f"start_metrics_server: port must be in [0, 65535], got {port}")
     registry = (metrics or default_metrics()).registry
     server, _ = start_http_server(port, addr=host, registry=registry)
-    return MetricsServer(int(server.server_port), server)
+    return int(server.server_port)

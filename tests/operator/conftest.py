@@ -2,7 +2,8 @@
 
 kmock's emulator stores objects and merges patches but tracks no resourceVersion, uid or
 generation; `VersionedEmulator` adds them the way the API server does (and answers 409 to a
-patch that names a stale resourceVersion), so optimistic concurrency is exercised for real.
+patch that names a stale resourceVersion), so optimistic concurrency is exercised for real:
+`concurrent_writes` lets another client change an object right before the operator writes it.
 Nothing here runs controllers: tests mark Deployments ready and collect garbage explicitly.
 """
 
@@ -28,6 +29,8 @@ class VersionedEmulator(kmock.KubernetesEmulator):
     """kmock's emulator plus uid, resourceVersion, generation and stale-write conflicts."""
 
     _last_version: int = attrs.field(default=0, init=False)
+    # (resource, name) -> a merge patch another client applies just before our next write to it.
+    concurrent_writes: dict[tuple[Any, str], dict[str, Any]] = attrs.field(factory=dict, init=False)
 
     async def _handle(self, request: kmock.Request):
         if request.resource is not None and request.action == kmock.action.CREATE:
@@ -38,6 +41,11 @@ class VersionedEmulator(kmock.KubernetesEmulator):
             meta["resourceVersion"] = self._next_version()
         elif (request.resource is not None and request.action == kmock.action.UPDATE
               and request.name is not None and self._current(request) is not None):
+            foreign = self.concurrent_writes.pop((request.resource, request.name), None)
+            if foreign is not None:
+                key = (request.resource, request.namespace, request.name)
+                self.objects[key].patch({**foreign, "metadata": {
+                    **foreign.get("metadata", {}), "resourceVersion": self._next_version()}})
             self._check_version(request)
             version = self._next_version()
             if isinstance(request.data, list):  # a JSON patch (kopf's finalizers)

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 from collections.abc import AsyncIterator
 
+import kmock
 import pytest
 
 import tandem_operator.main  # noqa: F401  (registers the handlers)
 from tandem_operator.cli import operate
+from tandem_operator.handlers import reconcile as reconcile_handler
 from tandem_operator.context import OperatorOptions
 from tests.operator.cluster import (
+    CONFIGMAPS,
     DEPLOYMENTS,
     IMAGE,
     NAMESPACE,
@@ -29,21 +33,35 @@ from tests.operator.cluster import (
 )
 
 SPEC = {"model": {"pvc": {"claimName": "models", "path": "llama-3-8b"}},
-        "prefill": {"replicas": 2}, "decode": {"replicas": 3}}
+        "prefill": {"replicas": 2}, "decode": {"replicas": 3},
+        "autoscaling": {"intervalSeconds": 1}}  # the status refresh tick
 
 
 @contextlib.asynccontextmanager
 async def running_operator() -> AsyncIterator[None]:
-    """Runs `tandem operator -n serving` in this event loop until the block exits."""
-    stop, ready = asyncio.Event(), asyncio.Event()
+    """Runs `tandem operator -n serving` until the block exits.
+
+    kopf runs in a thread with its own event loop: on exit it cancels every task its loop
+    started meanwhile, which must not include the emulator's connection handlers."""
+    stop, ready = threading.Event(), threading.Event()
     options = OperatorOptions(namespaces=[NAMESPACE], worker_image=IMAGE, liveness_port=None)
-    task = asyncio.create_task(operate(options, stop_flag=stop, ready_flag=ready))
-    await asyncio.wait_for(ready.wait(), 10)
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            asyncio.run(operate(options, stop_flag=stop, ready_flag=ready))
+        except BaseException as exc:  # surfaced to the test below
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, name="operator", daemon=True)
+    thread.start()
+    assert await asyncio.to_thread(ready.wait, 10), errors
     try:
         yield
     finally:
         stop.set()
-        await asyncio.wait_for(task, 15)
+        await asyncio.to_thread(thread.join, 15)
+        assert not thread.is_alive() and not errors, errors
 
 
 @pytest.fixture
@@ -56,6 +74,19 @@ def cluster(k8s, kubeconfig):
 
 def _status(k8s, name: str = "llama") -> dict:
     return dict(k8s.objects[TD, NAMESPACE, name].raw.get("status") or {})
+
+
+def _events(k8s, reason: str) -> list[dict]:
+    return [obj.raw for (resource, _, _), obj in k8s.objects.items()
+            if resource.plural == "events" and obj.raw.get("reason") == reason]
+
+
+def _reconciled_since(k8s, index: int) -> bool:
+    # The reconciler (not the status loop) lists ConfigMaps, then writes the status.
+    requests = list(k8s)[index:]
+    listed = [i for i, r in enumerate(requests) if r.resource == CONFIGMAPS and r.method == "GET"]
+    return bool(listed) and any(r.resource == TD and r.subresource == "status"
+                                for r in requests[listed[0]:])
 
 
 def _condition(k8s, kind: str) -> dict:
@@ -75,7 +106,7 @@ async def test_create_change_delete(cluster):
         await wait_for(lambda: _condition(cluster, "Progressing").get("status") == "True")
 
         mark_ready(cluster)
-        await wait_for(lambda: _condition(cluster, "Ready").get("status") == "True", 25)
+        await wait_for(lambda: _condition(cluster, "Ready").get("status") == "True")
         assert _status(cluster)["decodeReplicas"] == "3/3"
 
         await patch_td(cluster, "llama", {"spec": {"decode": {"replicas": 5, "nodeSelector": {
@@ -100,9 +131,8 @@ async def test_invalid_spec_is_reported_and_creates_nothing(cluster):
         degraded = _condition(cluster, "Degraded")
         assert degraded["reason"] == "InvalidSpec"
         assert "spec.decode" in degraded["message"] and "minReplicas" in degraded["message"]
-        events = [r.data for r in cluster if r.data and isinstance(r.data, dict)
-                  and r.data.get("reason") == "InvalidSpec"]
-        assert events, "a Warning event names the problem"
+        await wait_for(lambda: any(_events(cluster, "InvalidSpec")))
+        assert _events(cluster, "InvalidSpec")[0]["type"] == "Warning"
     assert owned_names(cluster) == set()
 
 
@@ -120,12 +150,25 @@ async def test_restart_resumes_without_rewriting_and_applies_missed_changes(clus
         await wait_for(lambda: len(owned_names(cluster)) == 13)
     num_writes = len(writes(cluster, DEPLOYMENTS))
 
+    num_requests = len(cluster)
     async with running_operator():  # resumed: nothing changed, nothing written
-        await wait_for(lambda: bool(_status(cluster).get("workloads")))
-        await asyncio.sleep(0.5)
+        await wait_for(lambda: _reconciled_since(cluster, num_requests))
         assert len(writes(cluster, DEPLOYMENTS)) == num_writes
 
     await patch_td(cluster, "llama", {"spec": {"prefill": {"replicas": 4}}})  # while it is down
     async with running_operator():
-        await wait_for(lambda: live(cluster, DEPLOYMENTS)["llama-default-prefill"]["spec"]["replicas"] == 4)
+        await wait_for(lambda: _status(cluster).get("observedGeneration") == 2)
+    assert live(cluster, DEPLOYMENTS)["llama-default-prefill"]["spec"]["replicas"] == 4
     assert len(owned_names(cluster)) == 13
+
+
+async def test_an_api_error_is_reported_and_retried(cluster, monkeypatch):
+    monkeypatch.setattr(reconcile_handler, "API_RETRY_S", 0.2)
+    cluster[kmock.action.LIST, CONFIGMAPS][:1] << 503 << {
+        "apiVersion": "v1", "kind": "Status", "status": "Failure", "code": 503,
+        "reason": "ServiceUnavailable", "message": "etcd leader changed"}
+    async with running_operator():
+        await create_td(cluster, "llama", SPEC)
+        await wait_for(lambda: len(owned_names(cluster)) == 13)
+        await wait_for(lambda: any(_events(cluster, "ApiError")))
+    assert "etcd leader changed" in _events(cluster, "ApiError")[0]["message"]

@@ -130,7 +130,8 @@ async def front_doors(fake_service):
         LIMITED_KEY: Tenant("limited", quota=TenantQuota(tokens_per_minute=60, burst_tokens=30)),
     })
     metrics = Metrics.create()
-    service = AdmittedService(fake_service, QuotaPolicy(), metrics=metrics)
+    # A frozen clock: buckets do not refill during a test, so retry hints are exact.
+    service = AdmittedService(fake_service, QuotaPolicy(), metrics=metrics, clock=lambda: 1000.0)
     http = await start_http_server(build_http_app(service, authenticator, metrics=metrics), "127.0.0.1", 0)
     grpc_server = build_grpc_server(service, authenticator, host="127.0.0.1", port=0)
     await grpc_server.start()

@@ -11,7 +11,7 @@ import pytest
 from router.auth import Authenticator, Tenant
 from router.grpc_api import build_grpc_server
 from tandem import cli
-from tests.router_api.conftest import API_KEY, NUM_THINKING_TOKENS, FakeGenerationService, sample_tokens
+from tests.router_api.conftest import API_KEY, NUM_THINKING_TOKENS, sample_tokens
 
 
 @pytest.fixture

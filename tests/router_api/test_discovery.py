@@ -46,14 +46,29 @@ async def k8s_api(kmock):
         yield api_client
 
 
-async def test_endpoint_slices_initial_list_add_not_ready_and_delete(k8s_api):
+def write_kubeconfig(path, server: str) -> str:
+    path.write_text(f"""
+apiVersion: v1
+kind: Config
+clusters: [{{name: mock, cluster: {{server: "{server}"}}}}]
+users: [{{name: tester, user: {{token: not-a-secret}}}}]
+contexts: [{{name: mock, context: {{cluster: mock, user: tester}}}}]
+current-context: mock
+""")
+    return str(path)
+
+
+async def test_endpoint_slices_initial_list_add_not_ready_and_delete(k8s_api, kmock, tmp_path, monkeypatch):
     api = k8s_client.DiscoveryV1Api(k8s_api)
     await api.create_namespaced_endpoint_slice(NAMESPACE, endpoint_slice(
         "demo-decode-small", "decode", "small", {"decode-0": ("10.0.0.1", True), "decode-1": ("10.0.0.2", None)}))
     await api.create_namespaced_endpoint_slice(NAMESPACE, endpoint_slice(
         "other-decode", "decode", "small", {"other-0": ("10.9.9.9", True)}, deployment="other"))
     # A long retry delay: every change below must arrive through the watch, not a re-list.
-    discovery = KubernetesDiscovery(KubernetesDiscoveryConfig("demo", NAMESPACE, retry_delay_s=60), k8s_api)
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", str(kmock.url).rstrip("/"))
+    discovery = await KubernetesDiscovery.connect(KubernetesDiscoveryConfig("demo", NAMESPACE, retry_delay_s=60),
+                                                  kubeconfig=kubeconfig)
     await discovery.start()
     watch = discovery.watch()
     try:
@@ -75,6 +90,9 @@ async def test_endpoint_slices_initial_list_add_not_ready_and_delete(k8s_api):
         await api.delete_namespaced_endpoint_slice("demo-decode-small", NAMESPACE)
         assert ids(await next_change(watch)) == {("prefill-0", "10.0.1.1:50051", "prefill", "small")}
         assert ids(discovery.endpoints()) == {("prefill-0", "10.0.1.1:50051", "prefill", "small")}
+        watches = [r for r in kmock["get"] if r.params.get("watch") == "true"]
+        assert watches and all(r.headers.get("Authorization") == "Bearer not-a-secret" for r in watches)
+        assert all(r.params.get("labelSelector") == "tandem.dev/deployment=demo" for r in watches)
     finally:
         await watch.aclose()
         await discovery.close()
@@ -128,3 +146,11 @@ def test_worker_health_takes_workers_out_and_probes_with_backoff():
     assert health.due_for_probe(now=12.9) == [] and health.due_for_probe(now=13.0) == ["d0"]
     assert health.record_success("d0")
     assert health.healthy(workers) == workers and health.due_for_probe(now=100.0) == []
+
+
+async def test_start_fails_clearly_when_the_api_cannot_be_reached():
+    configuration = k8s_client.Configuration(host="http://127.0.0.1:1")
+    async with k8s_client.ApiClient(configuration) as api_client:
+        discovery = KubernetesDiscovery(KubernetesDiscoveryConfig("demo", NAMESPACE, retry_delay_s=0.1), api_client)
+        with pytest.raises(TimeoutError, match="last error: .*Connect"):
+            await discovery.start(timeout_s=0.5)

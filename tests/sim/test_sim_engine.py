@@ -118,7 +118,8 @@ def test_cost_energy_and_gpu_hours_follow_the_machines(perf_csv):
 
 
 def test_prefix_locality_saves_prefill_on_shared_prefixes(perf_csv):
-    config = SimConfig(design=Design.COLOCATED, num_machines=4, perf_csv=perf_csv)
+    config = SimConfig(design=Design.COLOCATED, num_machines=4, prefix_caching=True,
+                       perf_csv=perf_csv)
     hashes = [[1, 2, 3, 4], [1, 2, 3, 5], [1, 2, 3, 6], [9, 10]]
     trace = make_trace([0.0, 5.0, 10.0, 15.0], [2000, 2000, 2000, 1000], [5] * 4, hashes)
     result, summary = simulate(config, trace)

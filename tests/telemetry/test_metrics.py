@@ -55,10 +55,7 @@ def test_registries_are_per_instance_and_served_over_http():
     first, second = Metrics.create(), Metrics.create()
     first.requests.labels(outcome="ok", model="small").inc(2)
     assert "tandem_requests_total" not in exposed(second.exposition()[0].decode())
-    server = start_metrics_server(0, host="127.0.0.1", metrics=first)
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=5) as response:
-            samples = exposed(response.read().decode())
-    finally:
-        server.close()
+    port = start_metrics_server(0, host="127.0.0.1", metrics=first)
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        samples = exposed(response.read().decode())
     assert samples["tandem_requests_total"][0].value == 2.0

@@ -19,12 +19,13 @@ DEFAULT_INTERVAL_S = 15.0
 async def watch_pools(*, stopped: kopf.DaemonStopped, body: kopf.Body, name: str,
                       namespace: str, uid: str, memo: kopf.Memo, logger: kopf.Logger,
                       **_: Any) -> None:
-    """Ticks until the TandemDeployment goes away; `body` is kept fresh by kopf."""
+    """Ticks until the TandemDeployment goes away or the operator stops; kopf keeps `body` fresh."""
     context: OperatorContext = memo.context
     owner = Owner(name, namespace, uid)
     autoscaler = context.new_autoscaler()
     loop = asyncio.get_running_loop()
-    while not stopped:
+    # kopf may still start a daemon while it shuts down, after the clients are closed.
+    while not stopped and not context.is_closed:
         interval = DEFAULT_INTERVAL_S
         try:
             spec = parse_spec(dict(body.get("spec") or {}), name, context.options.worker_image)
@@ -38,6 +39,10 @@ async def watch_pools(*, stopped: kopf.DaemonStopped, body: kopf.Body, name: str
             except KubeError as exc:
                 logger.warning("pool observation failed, retrying next tick: %s", exc)
                 observation = None
+            except Exception:
+                if context.is_closed:
+                    return  # the clients closed under this tick: the operator is stopping
+                raise
             for decision in observation.changes if observation else []:
                 kopf.info(body, reason="Scaled",
                           message=f"{decision.pool.name}: {decision.num_replicas_before} -> "

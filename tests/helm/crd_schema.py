@@ -1,0 +1,83 @@
+"""Validation of custom resources against a CRD's OpenAPI v3 schema, as the API server does it.
+
+The CRD's `openAPIV3Schema` is JSON Schema draft 4 in its keywords (boolean exclusiveMinimum,
+oneOf/anyOf), so `jsonschema.Draft4Validator` checks it. Like `kubectl apply` (server-side strict
+field validation), unknown fields are errors: objects that list `properties` and do not preserve
+unknown fields get `additionalProperties: false`. CEL rules (`x-kubernetes-validations`) are not
+evaluated here; the operator's parser checks the same rules and has its own tests.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import jsonschema
+
+JUNCTORS = ("allOf", "anyOf", "oneOf", "not")
+
+
+def validator(crd: dict[str, Any]) -> jsonschema.Draft4Validator:
+    """A validator for whole custom resources of the CRD's (single) version."""
+    schema = copy.deepcopy(crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"])
+    _forbid_unknown_fields(schema)
+    schema["properties"]["metadata"] = {"type": "object"}  # the API server checks metadata itself
+    return jsonschema.Draft4Validator(schema)
+
+
+def structural_problems(schema: dict[str, Any], path: str = "") -> list[str]:
+    """Why a schema is not structural (the API server rejects such a CRD); empty when it is."""
+    problems = []
+    is_free = schema.get("x-kubernetes-preserve-unknown-fields") or schema.get(
+        "x-kubernetes-int-or-string")
+    if "type" not in schema and not is_free:
+        problems.append(f"{path or '/'}: no type")
+    if "properties" in schema and "additionalProperties" in schema:
+        problems.append(f"{path}: both properties and additionalProperties")
+    if schema.get("type") == "array" and "items" not in schema:
+        problems.append(f"{path}: array without items")
+    for name, child in (schema.get("properties") or {}).items():
+        problems += structural_problems(child, f"{path}.{name}")
+    for key in ("items", "additionalProperties"):
+        if isinstance(schema.get(key), dict):
+            problems += structural_problems(schema[key], f"{path}[{key}]")
+    for junctor in JUNCTORS:
+        branches = schema.get(junctor, [])
+        for branch in branches if isinstance(branches, list) else [branches]:
+            problems += _junctor_problems(schema, branch, f"{path}.{junctor}")
+    return problems
+
+
+def _junctor_problems(parent: dict[str, Any], branch: dict[str, Any], path: str) -> list[str]:
+    # Inside logical junctors only value validations may appear, about fields declared outside;
+    # int-or-string fields are the exception: anyOf [{type: integer}, {type: string}].
+    allowed = {"type"} if parent.get("x-kubernetes-int-or-string") else set()
+    problems = [f"{path}: sets {key}" for key in ("type", "description", "default",
+                                                  "additionalProperties", "nullable")
+                if key in branch and key not in allowed]
+    outside = set(parent.get("properties") or {})
+    problems += [f"{path}: names undeclared {name}" for name in
+                 set(branch.get("properties") or {}) | set(branch.get("required") or [])
+                 if name not in outside]
+    return problems
+
+
+def _forbid_unknown_fields(schema: dict[str, Any]) -> None:
+    if "properties" in schema and not schema.get("x-kubernetes-preserve-unknown-fields"):
+        schema.setdefault("additionalProperties", False)
+    for child in (schema.get("properties") or {}).values():
+        _forbid_unknown_fields(child)
+    for key in ("items", "additionalProperties"):
+        if isinstance(schema.get(key), dict):
+            _forbid_unknown_fields(schema[key])
+
+
+def cel_rules(schema: dict[str, Any]) -> list[str]:
+    """Every CEL rule in the schema."""
+    rules = [entry["rule"] for entry in schema.get("x-kubernetes-validations", [])]
+    for child in (schema.get("properties") or {}).values():
+        rules += cel_rules(child)
+    for key in ("items", "additionalProperties"):
+        if isinstance(schema.get(key), dict):
+            rules += cel_rules(schema[key])
+    return rules

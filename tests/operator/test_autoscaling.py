@@ -1,0 +1,240 @@
+"""Metric series -> PrometheusSource -> shared policy -> DeploymentScaler -> Deployments and status.
+
+Prometheus is a kmock HTTP mock answering instant queries from per-pool series the test sets;
+the Kubernetes side is the emulator. Time is simulated: each tick passes `now` explicitly.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import kmock
+import pytest
+
+from tandem_operator.autoscale.connector import DeploymentScaler
+from tandem_operator.autoscale.controller import DeploymentAutoscaler
+from tandem_operator.autoscale.prometheus import PrometheusSource
+from tandem_operator.manifests.objects import Owner
+from tandem_operator.observe import observe_and_scale
+from tandem_operator.parsing import parse_spec
+from tandem_operator.reconcile import reconcile
+from tests.operator.cluster import DEPLOYMENTS, IMAGE, NAMESPACE, TD, create_td, live, mark_ready
+
+TICK_S = 15.0
+
+
+class Series:
+    """The value of each metric for each pool (by role), as Prometheus would answer."""
+
+    def __init__(self) -> None:
+        self.values: dict[tuple[str, str], float] = {}
+        self.is_down = False
+
+    def set(self, role: str, **metrics: float) -> None:
+        for name, value in metrics.items():
+            self.values[role, name] = value
+
+    def answer(self, request: kmock.Request) -> Any:
+        if self.is_down:
+            return kmock.Response(status=503, payload={
+                "status": "error", "errorType": "unavailable", "error": "prometheus is restarting"})
+        query = request.params["query"]
+        role = re.search(r'tandem_role="(\w+)"', query).group(1)
+        name = re.search(r"(tandem_\w+?)(_bucket|_total)?\{", query).group(1)
+        value = self.values.get((role, name))
+        result = [] if value is None else [{"metric": {}, "value": [0, str(value)]}]
+        return {"status": "success", "data": {"resultType": "vector", "result": result}}
+
+
+@pytest.fixture
+async def prometheus() -> AsyncIterator[tuple[str, Series]]:
+    series = Series()
+    async with kmock.RawHandler() as handler, kmock.Server(handler):
+        handler["get /api/v1/query"] << series.answer
+        yield str(handler.url).rstrip("/"), series
+
+
+def _spec(url: str, **overrides: Any) -> dict[str, Any]:
+    autoscaling = {"enabled": True, "intervalSeconds": TICK_S, "ttftSloSeconds": 1.0,
+                   "scaleUpStabilizationSeconds": 0, "scaleDownStabilizationSeconds": 60,
+                   "maxScaleUpStep": 4, "maxScaleDownStep": 1,
+                   "metrics": {"source": "prometheus", "prometheusUrl": url}}
+    autoscaling.update(overrides.pop("autoscaling", {}))
+    spec = {"model": {"image": {"path": "/opt/models/llama"}},
+            "prefill": {"minReplicas": 1, "maxReplicas": 8,
+                        "capacity": {"prefillTokensPerSecond": 1000}},
+            "decode": {"minReplicas": 1, "maxReplicas": 8, "capacity": {"maxSequences": 8}},
+            "autoscaling": autoscaling}
+    for pool, fields in overrides.items():
+        spec[pool] = {**spec[pool], **fields}
+    return spec
+
+
+class Loop:
+    """The operator's background loop for one TandemDeployment, ticked by hand."""
+
+    def __init__(self, k8s, kube, http: aiohttp.ClientSession, owner: Owner,
+                 raw_spec: dict[str, Any]) -> None:
+        self.k8s, self.kube, self.owner = k8s, kube, owner
+        self.spec = parse_spec(raw_spec, owner.name, IMAGE)
+        self.autoscaler = DeploymentAutoscaler(
+            lambda autoscaling: PrometheusSource(http, autoscaling.prometheus_url),
+            DeploymentScaler(kube))
+        self.now = 0.0
+
+    async def tick(self, is_ready: bool = True):
+        """One tick `TICK_S` after the previous; the pods of the last change are ready first."""
+        if is_ready:
+            mark_ready(self.k8s)
+        self.now += TICK_S
+        previous = dict(self.k8s.objects[TD, NAMESPACE, self.owner.name].raw.get("status") or {})
+        return await observe_and_scale(self.kube, self.owner, self.spec, self.autoscaler,
+                                       self.now, previous)
+
+    def replicas(self) -> dict[str, int]:
+        """Replicas by pool role."""
+        return {name.rsplit("-", 1)[-1]: deployment["spec"]["replicas"]
+                for name, deployment in live(self.k8s, DEPLOYMENTS).items()
+                if name != "llama-router"}
+
+    def status(self) -> dict[str, Any]:
+        return dict(self.k8s.objects[TD, NAMESPACE, self.owner.name].raw["status"])
+
+
+@pytest.fixture
+async def start(k8s, kube, prometheus):
+    """Creates and reconciles a TandemDeployment; returns its hand-ticked loop."""
+    url, _ = prometheus
+    async with aiohttp.ClientSession() as http:
+
+        async def start(**overrides: Any) -> Loop:
+            raw = _spec(url, **overrides)
+            body = await create_td(k8s, "llama", raw)
+            owner = Owner("llama", NAMESPACE, body["metadata"]["uid"])
+            await reconcile(kube, owner, parse_spec(raw, "llama", IMAGE))
+            return Loop(k8s, kube, http, owner, raw)
+
+        yield start
+
+
+async def test_a_burst_of_long_prompts_scales_prefill_and_not_decode(start, prometheus):
+    _, series = prometheus
+    loop = await start()
+    series.set("prefill", tandem_queue_prompt_tokens=0, tandem_prefill_tokens=300)
+    series.set("decode", tandem_running_requests=4, tandem_kv_blocks_used=100,
+               tandem_kv_blocks_total=1000)
+    await loop.tick()
+    assert loop.replicas() == {"prefill": 1, "decode": 1}
+
+    # 20 prompts of 2,000 tokens arrive: 40,000 queued tokens must drain within the 1 s TTFT SLO.
+    series.set("prefill", tandem_queue_prompt_tokens=40_000, tandem_prefill_tokens=1000)
+    observation = await loop.tick()
+    assert loop.replicas() == {"prefill": 5, "decode": 1}  # +4 at most per change
+    assert [d.pool.phase.value for d in observation.changes] == ["prefill"]
+    await loop.tick()
+    assert loop.replicas() == {"prefill": 8, "decode": 1}  # up to maxReplicas
+    decision = loop.status()["lastScalingDecision"]
+    assert decision["pool"] == "llama-default-prefill" and decision["toReplicas"] == 8
+    assert "prefill demand" in decision["reason"]
+    assert loop.status()["prefillReplicas"] == "5/8"  # the 3 new pods are not ready yet
+
+
+async def test_many_long_generations_scale_decode_and_not_prefill(start, prometheus):
+    _, series = prometheus
+    loop = await start()
+    series.set("prefill", tandem_queue_prompt_tokens=500, tandem_prefill_tokens=200)
+    series.set("decode", tandem_running_requests=8, tandem_queue_requests=0,
+               tandem_kv_blocks_used=500, tandem_kv_blocks_total=1000)
+    await loop.tick()
+    assert loop.replicas() == {"prefill": 1, "decode": 1}
+
+    # 40 long generations: their KV fills the pool and they exceed one replica's batch.
+    series.set("decode", tandem_running_requests=24, tandem_queue_requests=16,
+               tandem_kv_blocks_used=950, tandem_kv_blocks_total=1000)
+    observation = await loop.tick()
+    assert loop.replicas() == {"prefill": 1, "decode": 5}
+    assert [d.pool.phase.value for d in observation.changes] == ["decode"]
+    assert "sequences" in loop.status()["lastScalingDecision"]["reason"]
+
+
+async def test_noisy_load_does_not_flap_and_the_windows_come_from_the_spec(start, prometheus):
+    _, series = prometheus
+
+    async def count_changes(loop: Loop) -> int:
+        changes = 0
+        for tick in range(12):  # decode load swings between ~1 and ~3 replicas' worth
+            series.set("decode", tandem_running_requests=22 if tick % 2 else 6,
+                       tandem_kv_blocks_used=200, tandem_kv_blocks_total=1000)
+            observation = await loop.tick()
+            changes += len(observation.changes)
+        return changes
+
+    series.set("prefill", tandem_queue_prompt_tokens=0, tandem_prefill_tokens=100)
+    stable = await start(decode={"replicas": 2}, autoscaling={"scaleUpStabilizationSeconds": 45,
+                                                              "scaleDownStabilizationSeconds": 45})
+    assert await count_changes(stable) == 0
+    assert stable.replicas()["decode"] == 2
+
+
+async def test_without_stabilisation_the_same_noise_flaps(k8s, start, prometheus):
+    _, series = prometheus
+    series.set("prefill", tandem_queue_prompt_tokens=0, tandem_prefill_tokens=100)
+    loop = await start(decode={"replicas": 2}, autoscaling={"scaleUpStabilizationSeconds": 0,
+                                                            "scaleDownStabilizationSeconds": 0})
+    sizes = []
+    for tick in range(6):
+        series.set("decode", tandem_running_requests=22 if tick % 2 else 6,
+                   tandem_kv_blocks_used=200, tandem_kv_blocks_total=1000)
+        await loop.tick()
+        sizes.append(loop.replicas()["decode"])
+    assert len(set(sizes)) > 1 and sizes.count(3) >= 2
+
+
+async def test_a_pool_with_autoscaling_off_is_never_touched(start, prometheus):
+    _, series = prometheus
+    loop = await start(decode={"autoscale": False, "replicas": 2})
+    series.set("prefill", tandem_queue_prompt_tokens=0, tandem_prefill_tokens=100)
+    series.set("decode", tandem_running_requests=64, tandem_kv_blocks_used=990,
+               tandem_kv_blocks_total=1000)
+    for _ in range(3):
+        observation = await loop.tick()
+        assert {d.pool.phase.value for d in observation.decisions} == {"prefill"}
+    assert loop.replicas()["decode"] == 2
+
+
+async def test_waits_for_the_pods_of_the_last_change(start, prometheus):
+    _, series = prometheus
+    loop = await start()
+    series.set("prefill", tandem_queue_prompt_tokens=40_000, tandem_prefill_tokens=1000)
+    await loop.tick()
+    assert loop.replicas()["prefill"] == 5
+    observation = await loop.tick(is_ready=False)  # the 4 new pods are still starting
+    assert loop.replicas()["prefill"] == 5
+    assert "waiting for the previous action" in observation.decisions[0].reason
+
+
+async def test_unreadable_metrics_hold_the_pool_and_say_why(start, prometheus):
+    _, series = prometheus
+    loop = await start()
+    series.is_down = True
+    observation = await loop.tick()
+    assert loop.replicas() == {"prefill": 1, "decode": 1}
+    reasons = [pool["reason"] for pool in loop.status()["autoscaling"]["pools"]]
+    assert len(reasons) == 2
+    assert all(reason.startswith("holding") and "503" in reason for reason in reasons)
+    assert not observation.changes
+
+
+async def test_a_concurrent_change_to_the_deployment_is_retried(k8s, start, prometheus):
+    _, series = prometheus
+    loop = await start()
+    series.set("prefill", tandem_queue_prompt_tokens=40_000, tandem_prefill_tokens=1000)
+    k8s.concurrent_writes[DEPLOYMENTS, "llama-default-prefill"] = {
+        "metadata": {"labels": {"example.com/touched": "yes"}}}
+    await loop.tick()
+    prefill = live(k8s, DEPLOYMENTS)["llama-default-prefill"]
+    assert prefill["spec"]["replicas"] == 5
+    assert prefill["metadata"]["labels"]["example.com/touched"] == "yes"
