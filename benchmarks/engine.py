@@ -31,6 +31,10 @@ from tandem.engine.sampling_params import SamplingParams
 from tandem.engine.tiny_model import make_tiny_model
 
 
+# The clock every measurement reads; main() switches it to CPU time for --clock cpu.
+now = time.perf_counter
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -39,6 +43,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     parser.add_argument("--reps", type=int, default=None, help="repetitions per measurement (best kept)")
     parser.add_argument("--num-requests", type=int, default=None, help="mixed workload size")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="wall: elapsed time; cpu: this process's CPU time (steadier on a shared "
+                             "machine, use with --threads 1)")
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
 
@@ -65,25 +72,25 @@ def engine_single(engine: LLMEngine, prompt: list[int], num_output: int) -> dict
     """Batch 1 on the engine: prefill time (to the first token) and per-token decode time."""
     params = SamplingParams(temperature=0.0, max_tokens=num_output, ignore_eos=True)
     engine.add_request("single", prompt, params)
-    start = time.perf_counter()
+    start = now()
     engine.step()
-    first = time.perf_counter()
+    first = now()
     step_times = []
     while engine.has_unfinished_requests():
-        before = time.perf_counter()
+        before = now()
         engine.step()
-        step_times.append(time.perf_counter() - before)
+        step_times.append(now() - before)
     return {"prefill_s": first - start, "decode_step_s": statistics.median(step_times)}
 
 
 def hf_single(hf_model, prompt: list[int], num_output: int) -> dict:
     """Batch 1 on transformers: generate 1 token, then num_output; the difference is decode."""
     input_ids = torch.tensor([prompt])
-    start = time.perf_counter()
+    start = now()
     _hf_generate(hf_model, input_ids, None, 1)
-    first = time.perf_counter()
+    first = now()
     _hf_generate(hf_model, input_ids, None, num_output)
-    total = time.perf_counter() - first
+    total = now() - first
     prefill = first - start
     return {"prefill_s": prefill, "decode_step_s": max(total - prefill, 1e-9) / (num_output - 1)}
 
@@ -91,9 +98,9 @@ def hf_single(hf_model, prompt: list[int], num_output: int) -> dict:
 def engine_mixed(engine: LLMEngine, prompts: list[list[int]], outputs: list[int]) -> float:
     """Seconds for the engine to serve all mixed requests (all submitted at once)."""
     params = [SamplingParams(temperature=0.0, max_tokens=n, ignore_eos=True) for n in outputs]
-    start = time.perf_counter()
+    start = now()
     completions = engine.generate(prompts, params)
-    elapsed = time.perf_counter() - start
+    elapsed = now() - start
     assert [len(c.token_ids) for c in completions] == outputs
     return elapsed
 
@@ -103,17 +110,17 @@ def hf_batched(hf_model, prompts: list[list[int]], outputs: list[int]) -> float:
     width = max(len(p) for p in prompts)
     input_ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts])
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
-    start = time.perf_counter()
+    start = now()
     _hf_generate(hf_model, input_ids, mask, max(outputs))
-    return time.perf_counter() - start
+    return now() - start
 
 
 def hf_sequential(hf_model, prompts: list[list[int]], outputs: list[int]) -> float:
     """Seconds for transformers to serve the requests one after another."""
-    start = time.perf_counter()
+    start = now()
     for prompt, num_output in zip(prompts, outputs):
         _hf_generate(hf_model, torch.tensor([prompt]), None, num_output)
-    return time.perf_counter() - start
+    return now() - start
 
 
 def _hf_generate(hf_model, input_ids: torch.Tensor, mask: torch.Tensor | None, num_new: int) -> None:
@@ -132,9 +139,9 @@ def memory_bandwidth(num_bytes: int = 512 * 2**20, reps: int = 5) -> dict:
 
 
 def _timed(fn) -> float:
-    start = time.perf_counter()
+    start = now()
     fn()
-    return time.perf_counter() - start
+    return now() - start
 
 
 def decode_bytes_per_step(engine: LLMEngine, context_len: int) -> dict:
@@ -156,8 +163,10 @@ def best(runs: list[dict], key: str) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     """Runs the benchmark and prints its JSON."""
+    global now
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    now = time.process_time if args.clock == "cpu" else time.perf_counter
     reps = args.reps or (1 if args.quick else 3)
     with tempfile.TemporaryDirectory() as scratch:
         model_dir = Path(args.model_dir) if args.model_dir else make_tiny_model(
@@ -202,7 +211,8 @@ def run_benchmark(args: argparse.Namespace, model_dir: Path, reps: int) -> dict:
     hf_step = best(hf_single_runs, "decode_step_s")
     return {
         "benchmark": "engine",
-        "params": {"quick": args.quick, "threads": args.threads, "reps": reps, "seed": args.seed,
+        "params": {"quick": args.quick, "threads": args.threads, "clock": args.clock, "reps": reps,
+                   "seed": args.seed,
                    "model": engine.model_config.architecture,
                    "num_parameters": sum(p.numel() for p in engine.runner.model.parameters()),
                    "single_prompt_tokens": len(prompt), "single_output_tokens": num_output,

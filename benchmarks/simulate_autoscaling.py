@@ -16,7 +16,7 @@ for each new machine. The script prints one JSON object: GPU-hours, cost, SLO at
 percentiles and the number of scaling actions of each.
 
     .venv/bin/python benchmarks/simulate_autoscaling.py           # whole hour, 8x the load
-    .venv/bin/python benchmarks/simulate_autoscaling.py --quick   # first 20 minutes, 2x the load
+    .venv/bin/python benchmarks/simulate_autoscaling.py --quick   # first 10 minutes, 2x the load
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def static_for_peak(args, trace, start: tuple[int, int]) -> tuple[tuple[int, int
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="first 20 minutes, 2x the load")
+    parser.add_argument("--quick", action="store_true", help="first 10 minutes, 2x the load")
     parser.add_argument("--load-scale", type=int, help="K times the load, same timeline (default 8)")
     parser.add_argument("--duration", type=float, help="seconds of the trace (default: all)")
     parser.add_argument("--provision-delay", type=float, default=120.0)
@@ -93,7 +93,7 @@ def main() -> int:
     parser.add_argument("--out", type=pathlib.Path, help="write each policy's summary and plots here")
     args = parser.parse_args()
     scale = args.load_scale or (2 if args.quick else 8)
-    duration = args.duration or (1200.0 if args.quick else None)
+    duration = args.duration or (600.0 if args.quick else None)
     trace = load_trace(args.trace)
     if duration is not None:
         trace = window(trace, 0.0, duration)

@@ -86,7 +86,7 @@ class Experiment:
     def machine_price(self, gpu: str, kind: str) -> float:
         """One machine's share of a budget: cost per hour, or provisioned kW."""
         spec = gpu_type(gpu)
-        return spec.cost_per_hour if kind == "cost" else spec.tdp_watts * self.tp / 1e3
+        return (spec.cost_per_gpu_hour if kind == "cost" else spec.tdp_watts / 1e3) * self.tp
 
     def budget(self, kind: str, fraction: float = 1.0) -> float:
         """The budget of `num_h100` H100 machines."""
@@ -310,7 +310,7 @@ def main() -> int:
     result = {
         "benchmark": "simulate_splitwise",
         "parameters": {"model": "llama2-70b", "trace": str(args.trace), "num_h100_budget": args.num_h100,
-                       "cost_budget_per_hour": round(args.num_h100 * gpu_type("H100").cost_per_hour, 2),
+                       "cost_budget_per_hour": round(args.num_h100 * gpu_type("H100").cost_per_gpu_hour * 8, 2),
                        "power_budget_kw": args.num_h100 * gpu_type("H100").tdp_watts * 8 / 1e3,
                        "probe_duration_s": args.duration, "rel_tol": args.rel_tol, "seed": args.seed,
                        "slo_reference": "unloaded DGX-A100", "quick": args.quick},

@@ -9,12 +9,11 @@ import os
 from decode_worker.service import DecodeService
 from tandem.api.v1 import worker_pb2_grpc
 from tandem.kv.grants import GrantTable
-from tandem.kv.transport import KVTransferConfig
 from tandem.kv.ucx_receiver import UCXKVReceiver
 from tandem.kv.ucx_runtime import shutdown_ucx
 from tandem.serving.engine_loop import EngineLoop
 from tandem.serving.grpc_server import ServiceBinding
-from tandem.serving.worker_args import add_worker_arguments
+from tandem.serving.worker_args import add_worker_arguments, kv_transfer_config
 from tandem.serving.worker_identity import WorkerIdentity
 from tandem.serving.worker_main import WorkerParts, add_ready_file_argument, serve_worker
 
@@ -37,7 +36,7 @@ async def _setup(args: argparse.Namespace, loop: EngineLoop, identity: WorkerIde
     kv_cache = loop.engine.kv_cache
     grants = GrantTable(kv_cache.shape[0], kv_cache.shape[1])
     receiver = UCXKVReceiver(kv_cache, grants, host=args.kv_host, port=args.kv_port,
-                             config=KVTransferConfig())
+                             config=kv_transfer_config(args))
     await receiver.start()
     service = DecodeService(loop, grants, receiver.address, identity)
     grants.on_release = service.on_grant_released

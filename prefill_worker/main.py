@@ -7,12 +7,11 @@ import asyncio
 
 from prefill_worker.service import PrefillService
 from tandem.api.v1 import worker_pb2_grpc
-from tandem.kv.transport import KVTransferConfig
 from tandem.kv.ucx_runtime import ensure_ucx, shutdown_ucx
 from tandem.kv.ucx_sender import UCXKVSender
 from tandem.serving.engine_loop import EngineLoop
 from tandem.serving.grpc_server import ServiceBinding
-from tandem.serving.worker_args import add_worker_arguments
+from tandem.serving.worker_args import add_worker_arguments, kv_transfer_config
 from tandem.serving.worker_identity import WorkerIdentity
 from tandem.serving.worker_main import WorkerParts, add_ready_file_argument, serve_worker
 
@@ -31,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _setup(args: argparse.Namespace, loop: EngineLoop, identity: WorkerIdentity) -> WorkerParts:
-    config = KVTransferConfig()
+    config = kv_transfer_config(args)
     ensure_ucx(config)  # fail at start-up, not on the first request, if UCX cannot run here
     sender = UCXKVSender(loop.engine.kv_cache, config)
     service = PrefillService(loop, sender, identity, probe=_load_probe(args.probe))

@@ -48,7 +48,8 @@ class BudgetDefaults:
 
     max_tokens: int = 256
     max_thinking_tokens: int | None = None
-    thinking: bool = False
+    # None leaves thinking to the model's chat template (its own default).
+    thinking: bool | None = None
     temperature: float = 1.0
     num_samples: int = 1
 
@@ -61,13 +62,13 @@ class RequestPlan:
     sampling: inference_pb2.SamplingParams
     budget: worker_pb2.DecodeBudget
     num_samples: int
-    thinking: bool
+    thinking: bool | None
     deadline: float | None
     max_cost: float | None
 
 
 def tokenize_input(request: inference_pb2.GenerateRequest, model: ModelEntry,
-                   thinking: bool) -> list[int]:
+                   thinking: bool | None) -> list[int]:
     """The prompt's token ids, from text, chat messages (via the chat template) or ids."""
     tokenizer = model.tokenizer
     kind = request.WhichOneof("input")
@@ -120,10 +121,12 @@ def plan_request(request: inference_pb2.GenerateRequest, model: ModelEntry,
     max_total_tokens = _tokens_within_cost(model, len(prompt), max_cost, num_samples)
     max_thinking = (budget.max_thinking_tokens if budget.HasField("max_thinking_tokens")
                     else defaults.max_thinking_tokens)
-    starts_in_thinking = thinking and _ends_with(prompt, model.tokenizer, "think_start_token_ids")
+    # Unless thinking is off, the template (or the model itself) may open a thinking section.
+    may_think = thinking is not False and model.supports_thinking
+    starts_in_thinking = may_think and _ends_with(prompt, model.tokenizer, "think_start_token_ids")
     decode_budget = worker_pb2.DecodeBudget(
         max_tokens=max_tokens,
-        max_thinking_tokens=max_thinking if thinking and max_thinking is not None else 0,
+        max_thinking_tokens=max_thinking if may_think and max_thinking is not None else 0,
         deadline=now + deadline if deadline is not None else 0.0,
         max_total_tokens=max_total_tokens,
         starts_in_thinking=starts_in_thinking)

@@ -19,6 +19,10 @@ from tandem_operator.kube import KubeClient, retry_on_conflict
 from tandem_operator.naming import LAST_APPLIED
 
 
+class ForeignObjectError(Exception):
+    """An object with a name the operator needs is controlled by someone else."""
+
+
 class Outcome(str, enum.Enum):
     """What applying one object did."""
 
@@ -39,6 +43,7 @@ async def apply_object(kube: KubeClient, desired: Mapping[str, Any],
         if current is None:
             # A 409 here means someone created it meanwhile: the retry compares and patches.
             return Outcome.CREATED, await kube.create(desired)
+        _check_not_foreign(current, desired)
         patch = three_way_patch(last_applied(current), desired, current)
         if not patch:
             return Outcome.UNCHANGED, dict(current)
@@ -50,10 +55,23 @@ async def apply_object(kube: KubeClient, desired: Mapping[str, Any],
     return await retry_on_conflict(attempt)
 
 
+def _check_not_foreign(current: Mapping[str, Any], desired: Mapping[str, Any]) -> None:
+    # Objects without a controller are adopted; another controller's objects are never taken.
+    owner_uid = desired["metadata"]["ownerReferences"][0]["uid"]
+    for ref in current["metadata"].get("ownerReferences") or []:
+        if ref.get("controller") and ref.get("uid") != owner_uid:
+            raise ForeignObjectError(
+                f"{desired['kind']} {desired['metadata']['name']} already exists and is "
+                f"controlled by {ref.get('kind')} {ref.get('name')}")
+
+
 def with_last_applied(desired: Mapping[str, Any]) -> dict[str, Any]:
     """The manifest with its own JSON in the last-applied annotation."""
     manifest = json.loads(json.dumps(desired))
-    manifest["metadata"].get("annotations", {}).pop(LAST_APPLIED, None)
+    annotations = manifest["metadata"].pop("annotations", {})
+    annotations.pop(LAST_APPLIED, None)
+    if annotations:
+        manifest["metadata"]["annotations"] = annotations
     text = json.dumps(manifest, sort_keys=True, separators=(",", ":"))
     manifest["metadata"].setdefault("annotations", {})[LAST_APPLIED] = text
     return manifest

@@ -73,6 +73,8 @@ def configure_settings(settings: kopf.OperatorSettings, options: OperatorOptions
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=PREFIX, key="last-handled-configuration")
+    # kopf holds deletion only until the per-resource daemon has stopped.
+    settings.persistence.finalizer = f"{PREFIX}/operator"
     settings.posting.level = logging.INFO
     # The CRD is installed with the chart before the operator starts: no need to watch CRDs
     # (which would need a cluster-wide permission).

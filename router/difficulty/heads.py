@@ -135,12 +135,14 @@ def calibrate(raw: np.ndarray, points: np.ndarray, levels: np.ndarray) -> np.nda
     """Maps raw scores through the percentile table; exponential tails keep it strictly monotone."""
     raw = np.asarray(raw, dtype=np.float64)
     if points.size == 1:
-        return 1.0 / (1.0 + np.exp(-(raw - points[0])))
+        return 0.5 * (1.0 + np.tanh((raw - points[0]) / 2.0))  # a sigmoid that cannot overflow
     spread = max(float(points[-1] - points[0]) / points.size, 1e-12)
-    inside = np.interp(raw, points, levels)
-    below = levels[0] * np.exp((raw - points[0]) / spread)
-    above = 1.0 - (1.0 - levels[-1]) * np.exp(-(raw - points[-1]) / spread)
-    return np.where(raw < points[0], below, np.where(raw > points[-1], above, inside))
+    calibrated = np.interp(raw, points, levels)
+    # The tails are computed only where they apply: elsewhere their exponents would overflow.
+    below, above = raw < points[0], raw > points[-1]
+    calibrated[below] = levels[0] * np.exp((raw[below] - points[0]) / spread)
+    calibrated[above] = 1.0 - (1.0 - levels[-1]) * np.exp(-(raw[above] - points[-1]) / spread)
+    return calibrated
 
 
 def save_arrays(path: pathlib.Path, arrays: dict[str, np.ndarray]) -> None:

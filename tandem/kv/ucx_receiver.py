@@ -25,9 +25,9 @@ from ucxx.exceptions import UCXMessageTruncatedError
 from tandem.kv.grants import GrantRefused, GrantTable
 from tandem.kv.transport import KVTransferConfig
 from tandem.kv.ucx_runtime import block_run_buffer, ensure_ucx
-from tandem.kv.wire import (ACK_TAG, HEADER_NBYTES, HEADER_TAG, HELLO_TAG, INSTANCE_ID_NBYTES, PAYLOAD_TAG, Ack,
+from tandem.kv.wire import (ACK_TAG, HEADER_NBYTES, HEADER_TAG, HELLO_TAG, INSTANCE_ID_NBYTES, Ack,
                             AckStatus, Header, Hello, MalformedMessage, MessageKind, WireLayout, decode_header,
-                            encode_ack, encode_hello)
+                            encode_ack, encode_hello, payload_tag)
 
 logger = logging.getLogger("tandem.kv.receiver")
 
@@ -167,7 +167,7 @@ class UCXKVReceiver:
             is_received = False
             try:
                 target = block_run_buffer(self.kv_cache, header.layer, header.first_block_id, header.num_blocks)
-                await asyncio.wait_for(endpoint.recv(target, tag=PAYLOAD_TAG), self.config.transfer_timeout_s)
+                await asyncio.wait_for(endpoint.recv(target, tag=payload_tag(header.seq)), self.config.transfer_timeout_s)
                 is_received = True
             finally:
                 self.grants.end_write(grant, header, is_received)
@@ -184,7 +184,7 @@ class UCXKVReceiver:
         if header.payload_nbytes > self._max_drain_nbytes:
             raise _ConnectionClosed(f"refused payload of {header.payload_nbytes} bytes exceeds one layer")
         scratch = np.empty(header.payload_nbytes, dtype=np.uint8)
-        await asyncio.wait_for(endpoint.recv(scratch, tag=PAYLOAD_TAG), self.config.transfer_timeout_s)
+        await asyncio.wait_for(endpoint.recv(scratch, tag=payload_tag(header.seq)), self.config.transfer_timeout_s)
 
     def _finish(self, header: Header) -> Ack:
         refusal = self._layout_refusal(header)

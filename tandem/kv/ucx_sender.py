@@ -25,9 +25,8 @@ from tandem.api.v1 import worker_pb2
 from tandem.kv.reservation import check_reservation, parse_address, split_runs
 from tandem.kv.transport import KVTransferConfig, KVTransferError, KVTransferRefused
 from tandem.kv.ucx_runtime import block_run_buffer, ensure_ucx
-from tandem.kv.wire import (ACK_NBYTES, ACK_TAG, HEADER_TAG, HELLO_NBYTES, HELLO_TAG, PAYLOAD_TAG, Ack, AckStatus,
-                            Header, MessageKind, WireLayout, decode_ack, decode_hello,
-                            encode_header)
+from tandem.kv.wire import (ACK_NBYTES, ACK_TAG, HEADER_TAG, HELLO_NBYTES, HELLO_TAG, Ack, AckStatus, Header,
+                            MessageKind, WireLayout, decode_ack, decode_hello, encode_header, payload_tag)
 
 logger = logging.getLogger("tandem.kv.sender")
 
@@ -37,12 +36,23 @@ class _ConnectionLost(KVTransferError):
 
 
 @dataclasses.dataclass(slots=True, eq=False)
+class _Outgoing:
+    seq: int
+    header: np.ndarray
+    payload: object | None
+    ack_buffer: np.ndarray
+    # Set by _flush to the future of the message's posted transfers (header, payload, ack).
+    posted: asyncio.Future
+
+
+@dataclasses.dataclass(slots=True, eq=False)
 class _Connection:
     address: str
     endpoint: object
     instance_id: bytes
     window: asyncio.Semaphore
     pending: dict[int, asyncio.Future] = dataclasses.field(default_factory=dict)
+    outbox: list[_Outgoing] = dataclasses.field(default_factory=list)
     next_seq: int = 1
     error: BaseException | None = None
 
@@ -139,24 +149,21 @@ class UCXKVSender:
             if not connection.is_usable:
                 raise _ConnectionLost(f"endpoint unusable: {connection.error or 'closed by the peer'}")
             connection.next_seq += 1
-            ack_future = asyncio.get_running_loop().create_future()
+            loop = asyncio.get_running_loop()
+            ack_future = loop.create_future()
             connection.pending[seq] = ack_future
-            endpoint = connection.endpoint
-            # No await between posting the header and its payload: pairs never interleave. Every
-            # message also posts one ack receive, so acks are received in parallel rather than by
-            # one serial reader; an ack may land in any message's buffer and is dispatched by seq.
-            header_bytes = np.frombuffer(encode_header(dataclasses.replace(header, seq=seq)), dtype=np.uint8)
-            ack_buffer = np.zeros(ACK_NBYTES, dtype=np.uint8)
-            transfers = [asyncio.ensure_future(endpoint.send(header_bytes, tag=HEADER_TAG))]
-            if payload is not None:
-                transfers.append(asyncio.ensure_future(endpoint.send(payload, tag=PAYLOAD_TAG)))
-            transfers.append(asyncio.ensure_future(endpoint.recv(ack_buffer, tag=ACK_TAG)))
+            message = _Outgoing(seq, np.frombuffer(encode_header(dataclasses.replace(header, seq=seq)), dtype=np.uint8),
+                                payload, np.zeros(ACK_NBYTES, dtype=np.uint8), loop.create_future())
+            connection.outbox.append(message)
+            if len(connection.outbox) == 1:
+                loop.call_soon(self._flush, connection)
             try:
-                results = await asyncio.wait_for(asyncio.gather(*transfers, return_exceptions=True), timeout)
+                transfers = await message.posted
+                results = await asyncio.wait_for(transfers, timeout)
                 errors = [result for result in results if isinstance(result, BaseException)]
                 if errors:
                     raise errors[0]
-                self._dispatch_ack(connection, ack_buffer)
+                self._dispatch_ack(connection, message.ack_buffer)
                 return await asyncio.wait_for(asyncio.shield(ack_future), timeout)
             except TimeoutError:
                 self._fail(connection, KVTransferError(f"no answer within {timeout} s"))
@@ -171,6 +178,29 @@ class UCXKVSender:
             if future is not None and future.done() and not future.cancelled():
                 future.exception()  # retrieved here so that an unawaited failure is not reported twice
             connection.window.release()
+
+    def _flush(self, connection: _Connection) -> None:
+        """Posts every queued message: all headers first, then all payloads, then the ack receives.
+
+        Headers ahead of payload bytes reach the receiver before any bulk data can queue in front
+        of them on a stream transport (TCP), so it posts every payload receive at once. Each
+        payload has its own tag, so the pairing never depends on posting order; every message
+        posts one ack receive, and an ack may land in any of them (dispatched by seq).
+        """
+        batch, connection.outbox = connection.outbox, []
+        if not connection.is_usable:
+            for message in batch:
+                message.posted.set_exception(_ConnectionLost(f"endpoint unusable: {connection.error}"))
+            return
+        endpoint = connection.endpoint
+        headers = [asyncio.ensure_future(endpoint.send(message.header, tag=HEADER_TAG)) for message in batch]
+        payloads = [asyncio.ensure_future(endpoint.send(message.payload, tag=payload_tag(message.seq)))
+                    for message in batch if message.payload is not None]
+        acks = [asyncio.ensure_future(endpoint.recv(message.ack_buffer, tag=ACK_TAG)) for message in batch]
+        payload_of = iter(payloads)
+        for message, header, ack in zip(batch, headers, acks):
+            parts = [header, ack] if message.payload is None else [header, next(payload_of), ack]
+            message.posted.set_result(asyncio.gather(*parts, return_exceptions=True))
 
     def _dispatch_ack(self, connection: _Connection, buffer: np.ndarray) -> None:
         ack = decode_ack(buffer)

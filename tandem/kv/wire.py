@@ -1,7 +1,7 @@
 """KV transfer framing: fixed-size binary headers, acknowledgements and the connection hello.
 
 Every message is a fixed-size header (on HEADER_TAG) followed, for DATA, by one payload (on
-PAYLOAD_TAG) that is the bytes of a run of consecutive blocks of one layer, straight from the
+payload_tag(seq)) that is the bytes of a run of consecutive blocks of one layer, straight from the
 sender's cache tensor into the receiver's. The receiver answers each header with an Ack (on
 ACK_TAG) that carries the header's sequence number. A CRC closes each fixed-size struct so that
 a short, long or corrupted message is refused as malformed rather than misread.
@@ -26,8 +26,10 @@ MAX_REASON_NBYTES = 240
 # UCX tags (hashed with each endpoint's own tag by ucxx, so connections never cross-match).
 HELLO_TAG = 1
 HEADER_TAG = 2
-PAYLOAD_TAG = 3
 ACK_TAG = 4
+# Each payload travels on its own tag, derived from its header's sequence number, so a payload
+# can only ever land in the receive its own header posted, whatever the posting order.
+_PAYLOAD_TAG_BASE = 1 << 40
 
 DTYPE_CODES = {"float32": 1, "bfloat16": 2, "float16": 3}
 DTYPE_NAMES = {code: name for name, code in DTYPE_CODES.items()}
@@ -127,6 +129,11 @@ class Hello:
     instance_id: bytes
     num_blocks: int
     layout: WireLayout
+
+
+def payload_tag(seq: int) -> int:
+    """The UCX tag of the payload that follows the header with sequence number `seq`."""
+    return _PAYLOAD_TAG_BASE + seq
 
 
 def _seal(body: bytes) -> bytearray:

@@ -31,9 +31,19 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-num-batched-tokens", type=int, default=2048)
     parser.add_argument("--max-model-len", type=int, default=None,
                         help="default: the model's max_position_embeddings")
+    parser.add_argument("--kv-timeout", type=float, default=30.0,
+                        help="seconds one KV message may take before the peer counts as lost")
     parser.add_argument("--drain-seconds", type=float, default=30.0,
                         help="how long SIGTERM waits for in-flight requests")
     parser.add_argument("--log-level", default=os.environ.get("TANDEM_LOG_LEVEL", "INFO"))
+
+
+def kv_transfer_config(args: argparse.Namespace):
+    """The KV transfer settings from the worker flags (UCX itself reads UCX_* variables)."""
+    from tandem.kv.transport import KVTransferConfig
+
+    return KVTransferConfig(connect_timeout_s=min(5.0, args.kv_timeout),
+                            transfer_timeout_s=args.kv_timeout)
 
 
 def resolve_model_dir(model: str) -> Path:

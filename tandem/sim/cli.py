@@ -68,7 +68,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     costs.add_argument("--slo-reference-gpu", default="A100",
                        help="slowdowns are against this machine type, unloaded")
     costs.add_argument("--gpu-cost", action="append", default=[], metavar="GPU=COST",
-                       help="machine cost per hour, e.g. H100=4.76 (repeatable)")
+                       help="dollars per GPU-hour, e.g. H100=4.76 (repeatable; defaults: "
+                            "A100 2.21, H100 4.76, H100-capped 4.76)")
     costs.add_argument("--idle-power-fraction", type=float, default=0.2)
     costs.add_argument("--perf-csv", type=pathlib.Path, default=default_perf_csv())
     costs.add_argument("--decode-timing", choices=[t.value for t in DecodeTiming],

@@ -84,7 +84,7 @@ class SimConfig:
     utilization_target: float = 0.7          # the utilisation baseline's threshold
     slo: SloSpec = field(default_factory=SloSpec)
     reference_gpu: str = "A100"              # slowdowns are against an unloaded machine of this type
-    gpu_cost_per_hour: dict[str, float] = field(default_factory=dict)  # overrides, by GPU name
+    gpu_cost_per_hour: dict[str, float] = field(default_factory=dict)  # $ per GPU-hour, by GPU name
     idle_power_fraction: float = 0.2         # of TDP, when a machine runs nothing
     perf_csv: pathlib.Path = field(default_factory=default_perf_csv)
     decode_timing: DecodeTiming = DecodeTiming.BATCH_SWEEP  # how decode iterations are timed

@@ -1,9 +1,9 @@
 """Machine types and models the simulator knows: names, power, price, memory, KV size per token.
 
 A machine is one DGX-class server whose GPUs run one tensor-parallel model instance, as in the
-Splitwise simulator. Prices default to the Splitwise paper's ratio (an A100 machine costs 2.21/4.76
-of an H100 machine), in relative units per machine-hour; power is each GPU's TDP (the Splitwise
-paper: A100 400 W, H100 700 W, power-capped H100 at 70%).
+Splitwise simulator. Prices are dollars per GPU-hour, by default the list prices the Splitwise
+paper uses (A100 2.21, H100 4.76: an A100 machine costs 2.21/4.76 of an H100 machine); power is
+each GPU's TDP (the Splitwise paper: A100 400 W, H100 700 W, power-capped H100 at 70%).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ class GpuType:
     name: str
     csv_name: str             # `hardware` column of the Splitwise perf model
     tdp_watts: float          # per GPU
-    cost_per_hour: float      # per machine, relative units
+    cost_per_gpu_hour: float  # dollars per GPU-hour
     memory_bytes: float = 80e9  # per GPU
 
 
@@ -34,9 +34,10 @@ class ModelSpec:
 
 
 GPU_TYPES: dict[str, GpuType] = {
-    "A100": GpuType("A100", "a100-80gb", tdp_watts=400.0, cost_per_hour=2.21),
-    "H100": GpuType("H100", "h100-80gb", tdp_watts=700.0, cost_per_hour=4.76),
-    "H100-capped": GpuType("H100-capped", "h100-80gb-pcap", tdp_watts=490.0, cost_per_hour=4.76),
+    "A100": GpuType("A100", "a100-80gb", tdp_watts=400.0, cost_per_gpu_hour=2.21),
+    "H100": GpuType("H100", "h100-80gb", tdp_watts=700.0, cost_per_gpu_hour=4.76),
+    "H100-capped": GpuType("H100-capped", "h100-80gb-pcap", tdp_watts=490.0,
+                           cost_per_gpu_hour=4.76),
 }
 
 MODELS: dict[str, ModelSpec] = {
@@ -47,12 +48,12 @@ MODELS: dict[str, ModelSpec] = {
 }
 
 
-def gpu_type(name: str, cost_per_hour: dict[str, float] | None = None) -> GpuType:
+def gpu_type(name: str, cost_per_gpu_hour: dict[str, float] | None = None) -> GpuType:
     """Looks up a machine type by its short name ("H100") or perf-model name ("h100-80gb")."""
     for gpu in GPU_TYPES.values():
         if name in (gpu.name, gpu.csv_name) or name.lower() == gpu.name.lower():
-            if cost_per_hour and gpu.name in cost_per_hour:
-                return GpuType(gpu.name, gpu.csv_name, gpu.tdp_watts, cost_per_hour[gpu.name],
+            if cost_per_gpu_hour and gpu.name in cost_per_gpu_hour:
+                return GpuType(gpu.name, gpu.csv_name, gpu.tdp_watts, cost_per_gpu_hour[gpu.name],
                                gpu.memory_bytes)
             return gpu
     known = ", ".join(f"{g.name} ({g.csv_name})" for g in GPU_TYPES.values())

@@ -92,7 +92,7 @@ def summary(result: SimResult, reference: PerfModel) -> dict:
     for m in result.machines:
         hours = (m.retired_s - m.started_s) / 3600.0
         machine_hours[m.gpu.name] = machine_hours.get(m.gpu.name, 0.0) + hours
-        cost += hours * m.gpu.cost_per_hour
+        cost += hours * m.gpu.cost_per_gpu_hour * m.num_gpus
         life_s = m.retired_s - m.started_s
         energy_j += m.energy_j + life_s * cfg.idle_power_fraction * m.gpu.tdp_watts * m.num_gpus
     span = max(result.end_s - float(trace.arrival_s[0]), 1e-9)

@@ -65,7 +65,7 @@ def plot_throughput_vs_cost(points: list[dict], path: pathlib.Path, title: str =
         ax.scatter(point["cost_per_hour"], point["throughput_rps"], s=40)
         ax.annotate(point["label"], (point["cost_per_hour"], point["throughput_rps"]),
                     textcoords="offset points", xytext=(5, 4), fontsize=8)
-    ax.set_xlabel("cluster cost per hour (relative units)")
+    ax.set_xlabel("cluster cost per hour ($)")
     ax.set_ylabel("throughput (requests/s)")
     ax.set_title(title)
     ax.grid(alpha=0.3)

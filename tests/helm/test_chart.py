@@ -10,6 +10,8 @@ import helm_python as helm
 import pytest
 import yaml
 
+from tandem.policy.autoscaling import Phase
+from tandem_operator.autoscale.metrics import PoolRef
 from tandem_operator.autoscale.prometheus import PrometheusSource
 from tandem_operator.manifests.objects import Owner, desired_objects
 from tandem_operator.parsing import parse_spec
@@ -154,9 +156,6 @@ def test_service_monitor_labels_match_what_the_prometheus_source_queries():
     (endpoint,) = monitor["spec"]["endpoints"]
     assert endpoint["port"] == "metrics"
     targets = {r["targetLabel"] for r in endpoint["relabelings"]}
-    from tandem.policy.autoscaling import Phase
-    from tandem_operator.autoscale.metrics import PoolRef
-
     queries = PrometheusSource(None, "http://p").queries(PoolRef("ns", "d", "t", Phase.PREFILL))
     for label in ("namespace", "tandem_deployment", "tandem_role", "tandem_model"):
         assert label in targets

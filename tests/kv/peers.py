@@ -188,14 +188,16 @@ async def _raw_message(address: str, header_bytes: bytes, payload_nbytes: int):
 
     from tandem.kv import KVTransferConfig, ensure_ucx
     from tandem.kv.reservation import parse_address
-    from tandem.kv.wire import ACK_NBYTES, ACK_TAG, HEADER_TAG, HELLO_NBYTES, HELLO_TAG, PAYLOAD_TAG, decode_ack
+    from tandem.kv.wire import (ACK_NBYTES, ACK_TAG, HEADER_TAG, HELLO_NBYTES, HELLO_TAG, decode_ack, decode_header,
+                                payload_tag)
 
     ensure_ucx(KVTransferConfig())
     endpoint = await asyncio.wait_for(ucxx.create_endpoint(*parse_address(address)), 5)
     await asyncio.wait_for(endpoint.recv(np.zeros(HELLO_NBYTES, dtype=np.uint8), tag=HELLO_TAG), 5)
     await asyncio.wait_for(endpoint.send(np.frombuffer(header_bytes, dtype=np.uint8), tag=HEADER_TAG), 5)
     if payload_nbytes:
-        await asyncio.wait_for(endpoint.send(np.full(payload_nbytes, 7, dtype=np.uint8), tag=PAYLOAD_TAG), 5)
+        tag = payload_tag(decode_header(header_bytes).seq)
+        await asyncio.wait_for(endpoint.send(np.full(payload_nbytes, 7, dtype=np.uint8), tag=tag), 5)
     buffer = np.zeros(ACK_NBYTES, dtype=np.uint8)
     await asyncio.wait_for(endpoint.recv(buffer, tag=ACK_TAG), 5)
     endpoint.abort()

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import threading
 from collections.abc import AsyncIterator
+from typing import Any
 
 import kmock
 import pytest
@@ -32,35 +34,37 @@ from tests.operator.cluster import (
     writes,
 )
 
+PEERINGS = kmock.resource("kopf.dev", "v1", "clusterkopfpeerings")
 SPEC = {"model": {"pvc": {"claimName": "models", "path": "llama-3-8b"}},
         "prefill": {"replicas": 2}, "decode": {"replicas": 3},
         "autoscaling": {"intervalSeconds": 1}}  # the status refresh tick
 
 
 @contextlib.asynccontextmanager
-async def running_operator() -> AsyncIterator[None]:
-    """Runs `tandem operator -n serving` until the block exits.
+async def running_operator(**options: Any) -> AsyncIterator[None]:
+    """Runs `tandem operator -n serving` (with these option overrides) until the block exits.
 
     kopf runs in a thread with its own event loop: on exit it cancels every task its loop
     started meanwhile, which must not include the emulator's connection handlers."""
     stop, ready = threading.Event(), threading.Event()
-    options = OperatorOptions(namespaces=[NAMESPACE], worker_image=IMAGE, liveness_port=None)
+    settings = OperatorOptions(**{"namespaces": [NAMESPACE], "worker_image": IMAGE,
+                                  "liveness_port": None, **options})
     errors: list[BaseException] = []
 
     def run() -> None:
         try:
-            asyncio.run(operate(options, stop_flag=stop, ready_flag=ready))
+            asyncio.run(operate(settings, stop_flag=stop, ready_flag=ready))
         except BaseException as exc:  # surfaced to the test below
             errors.append(exc)
 
     thread = threading.Thread(target=run, name="operator", daemon=True)
     thread.start()
-    assert await asyncio.to_thread(ready.wait, 10), errors
+    assert await asyncio.to_thread(ready.wait, 20), errors
     try:
         yield
     finally:
         stop.set()
-        await asyncio.to_thread(thread.join, 15)
+        await asyncio.to_thread(thread.join, 30)
         assert not thread.is_alive() and not errors, errors
 
 
@@ -136,12 +140,16 @@ async def test_invalid_spec_is_reported_and_creates_nothing(cluster):
     assert owned_names(cluster) == set()
 
 
-async def test_waits_for_the_model_claim(k8s, kubeconfig):
+async def test_waits_for_the_model_claim(k8s, kubeconfig, monkeypatch):
+    monkeypatch.setattr(reconcile_handler, "VOLUME_WAIT_S", 0.5)
     async with running_operator():
         await create_td(k8s, "llama", SPEC)
         await wait_for(lambda: _condition(k8s, "Progressing").get("reason") == "WaitingForVolume")
         assert "models" in _condition(k8s, "Progressing")["message"]
         assert owned_names(k8s) == set()
+        k8s.objects[PVCS, NAMESPACE, "models"] = {
+            "metadata": {"name": "models", "namespace": NAMESPACE, "uid": "pvc-models"}}
+        await wait_for(lambda: len(owned_names(k8s)) == 13)  # the retry finds it
 
 
 async def test_restart_resumes_without_rewriting_and_applies_missed_changes(cluster):
@@ -172,3 +180,31 @@ async def test_an_api_error_is_reported_and_retried(cluster, monkeypatch):
         await wait_for(lambda: len(owned_names(cluster)) == 13)
         await wait_for(lambda: any(_events(cluster, "ApiError")))
     assert "etcd leader changed" in _events(cluster, "ApiError")[0]["message"]
+
+
+async def test_a_standby_replica_takes_over_when_the_active_one_leaves(cluster):
+    # The chart's ClusterKopfPeering, already holding a live replica of higher priority.
+    cluster.resources[PEERINGS] = kmock.ResourceInfo(kind="ClusterKopfPeering", namespaced=False)
+    active = {"priority": 100, "lifetime": 60, "lastseen": datetime.datetime.now(
+        datetime.timezone.utc).isoformat()}
+    cluster.objects[PEERINGS, None, "tandem-operator"] = {
+        "apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering",
+        "metadata": {"name": "tandem-operator", "resourceVersion": "1"},
+        "status": {"operator-0": active}}
+    async with running_operator(peering_name="tandem-operator", priority=10):
+        await wait_for(lambda: len(_peering_status(cluster)) == 2)  # it joined, as standby
+        assert _peering_status(cluster)["operator-0"] == active
+        await create_td(cluster, "llama", SPEC)
+        await asyncio.sleep(1.0)
+        assert owned_names(cluster) == set(), "a standby replica must not act"
+
+        response = await cluster.patch(  # the active replica leaves (it removes its entry)
+            "/apis/kopf.dev/v1/clusterkopfpeerings/tandem-operator",
+            json={"status": {"operator-0": None}},
+            headers={"Content-Type": "application/merge-patch+json"})
+        assert response.status == 200
+        await wait_for(lambda: len(owned_names(cluster)) == 13)
+
+
+def _peering_status(k8s) -> dict:
+    return dict(k8s.objects[PEERINGS, None, "tandem-operator"].raw.get("status") or {})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from tandem_operator.apply import ForeignObjectError
 from tandem_operator.manifests.objects import Owner
 from tandem_operator.parsing import parse_spec
 from tandem_operator.reconcile import reconcile
@@ -105,6 +106,17 @@ async def test_objects_of_another_owner_are_left_alone(k8s, kube, owner):
     result = await _reconcile(kube, owner, ONE_TIER)
     assert "ConfigMap/llama-old" not in result.deleted
     assert "llama-old" in live(k8s, CONFIGMAPS)
+
+
+async def test_an_object_of_another_controller_is_not_taken_over(k8s, kube, owner):
+    theirs = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {
+        "name": "llama-router-policy", "namespace": NAMESPACE, "ownerReferences": [
+            {"apiVersion": "apps/v1", "kind": "Deployment", "name": "other", "uid": "u-2",
+             "controller": True}]}, "data": {"policy.yaml": "theirs"}}
+    await kube.create(theirs)
+    with pytest.raises(ForeignObjectError, match="controlled by Deployment other"):
+        await _reconcile(kube, owner, ONE_TIER)
+    assert live(k8s, CONFIGMAPS)["llama-router-policy"]["data"] == {"policy.yaml": "theirs"}
 
 
 async def test_a_concurrent_change_answers_409_and_the_retry_keeps_both(k8s, kube, owner):

@@ -111,10 +111,14 @@ def test_cost_energy_and_gpu_hours_follow_the_machines(perf_csv):
     result, summary = simulate(config, make_trace([0.0, 1800.0], [100, 100], [2, 2]))
     hours = result.end_s / 3600
     assert summary["gpu_hours"] == pytest.approx(3 * 8 * hours)
-    assert summary["cost"] == pytest.approx(hours * (4.76 + 2 * 2.21))
+    assert summary["cost"] == pytest.approx(hours * 8 * (4.76 + 2 * 2.21))  # $ per GPU-hour
     idle_kwh = hours * 0.2 * (700 + 2 * 400) * 8 / 1000
     assert idle_kwh < summary["energy_kwh"] < idle_kwh * 1.01  # nearly idle for half an hour
     assert summary["provisioned_power_kw"] == pytest.approx((700 + 2 * 400) * 8 / 1000)
+    pricier = SimConfig(design=Design.SPLITWISE, num_prefill=1, num_decode=2, prefill_gpu="H100",
+                        decode_gpu="A100", gpu_cost_per_hour={"A100": 4.42}, perf_csv=perf_csv)
+    repriced = simulate(pricier, make_trace([0.0, 1800.0], [100, 100], [2, 2]))[1]
+    assert repriced["cost"] == pytest.approx(hours * 8 * (4.76 + 2 * 4.42))
 
 
 def test_prefix_locality_saves_prefill_on_shared_prefixes(perf_csv):

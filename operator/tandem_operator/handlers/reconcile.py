@@ -6,42 +6,51 @@ from typing import Any
 
 import kopf
 
+from tandem_operator.apply import ForeignObjectError
 from tandem_operator.context import OperatorContext
 from tandem_operator.kube import KubeError
 from tandem_operator.manifests.objects import Owner
 from tandem_operator.parsing import parse_spec
 from tandem_operator.reconcile import missing_claims, reconcile, write_status
+from tandem_operator.spec import DeploymentSpec
 from tandem_operator.status import Problem, build_status, workload_state
 
 VOLUME_WAIT_S = 30.0
 API_RETRY_S = 10.0
+NAME_TAKEN_WAIT_S = 60.0
 
 
 async def reconcile_deployment(*, body: kopf.Body, spec: kopf.Spec, meta: kopf.Meta,
                                status: kopf.Status, name: str, namespace: str, uid: str,
                                memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
-    """Applies the spec; bad specs fail permanently, missing volumes and API errors retry."""
+    """Applies the spec; bad specs fail permanently; missing volumes, names taken by other
+    controllers' objects and API errors are retried."""
     context: OperatorContext = memo.context
     owner = Owner(name, namespace, uid)
     generation = meta.get("generation")
+
+    async def report(parsed: DeploymentSpec | None, problem: Problem) -> None:
+        await write_status(context.kube, owner,
+                           build_status(parsed, generation, [], status, problem))
+        kopf.warn(body, reason=problem.reason, message=problem.message)
+
     try:
         parsed = parse_spec(dict(spec), name, context.options.worker_image)
     except ValueError as exc:
-        problem = Problem("InvalidSpec", str(exc), is_degraded=True)
-        await write_status(context.kube, owner, build_status(None, generation, [], status, problem))
-        kopf.warn(body, reason="InvalidSpec", message=str(exc))
+        await report(None, Problem("InvalidSpec", str(exc), is_degraded=True))
         raise kopf.PermanentError(f"invalid spec: {exc}") from exc
     try:
         missing = await missing_claims(context.kube, namespace, parsed)
         if missing:
             message = f"waiting for PersistentVolumeClaim {', '.join(missing)}"
-            problem = Problem("WaitingForVolume", message, is_degraded=False)
-            await write_status(context.kube, owner,
-                               build_status(parsed, generation, [], status, problem))
+            await report(parsed, Problem("WaitingForVolume", message, is_degraded=False))
             raise kopf.TemporaryError(message, delay=VOLUME_WAIT_S)
         result = await reconcile(context.kube, owner, parsed)
         states = [workload_state(deployment) for deployment in result.deployments]
         await write_status(context.kube, owner, build_status(parsed, generation, states, status))
+    except ForeignObjectError as exc:
+        await report(parsed, Problem("NameTaken", str(exc), is_degraded=True))
+        raise kopf.TemporaryError(str(exc), delay=NAME_TAKEN_WAIT_S) from exc
     except KubeError as exc:
         kopf.warn(body, reason="ApiError", message=str(exc))
         raise kopf.TemporaryError(f"Kubernetes API error: {exc}", delay=API_RETRY_S) from exc
