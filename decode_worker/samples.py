@@ -45,6 +45,10 @@ class SampleGroup:
         indices = self.running if sample_indices is None else sample_indices
         return [self.engine_id(i) for i in sorted(indices)]
 
+    def tokens_left(self) -> int | None:
+        """Generated tokens the request-wide ceiling still allows (None: no ceiling)."""
+        return None if not self.max_total_tokens else max(0, self.max_total_tokens - self.num_tokens)
+
     def count_tokens(self, num_tokens: int) -> bool:
         """Adds generated tokens; True once the request-wide ceiling is reached."""
         self.num_tokens += num_tokens

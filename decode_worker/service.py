@@ -100,6 +100,7 @@ class DecodeService(worker_pb2_grpc.DecodeWorkerServicer):
                 await self.loop.call(self.engine.add_request, group.engine_id(0), prompt, params)
             else:
                 await self._claim(request, context)
+                group.count_tokens(1)  # the prefill worker's first token counts toward the ceiling
                 params = self._params(request, 0)
                 await self.loop.call(self.engine.add_prefilled_request, group.engine_id(0), prompt,
                                      request.first_token_id, params)
@@ -159,6 +160,8 @@ class DecodeService(worker_pb2_grpc.DecodeWorkerServicer):
             is_first = False
             if chunk is None:
                 continue
+            if _truncate(chunk, group.tokens_left()):
+                group.running.discard(chunk.sample_index)
             yield chunk
             if group.count_tokens(len(chunk.token_ids)) and group.running:
                 for stopped in await self._stop_running(group, inference_pb2.FINISH_REASON_COST,
@@ -240,3 +243,15 @@ class DecodeService(worker_pb2_grpc.DecodeWorkerServicer):
     def num_active(self) -> int:
         """Requests decoding or reserved here."""
         return len(self._groups) + len(self.grants)
+
+
+def _truncate(chunk: worker_pb2.DecodeChunk, num_allowed: int | None) -> bool:
+    """Cuts a chunk to the tokens the request-wide ceiling still allows; True if it cut."""
+    if num_allowed is None or len(chunk.token_ids) <= num_allowed:
+        return False
+    del chunk.token_ids[num_allowed:]
+    del chunk.logprobs[num_allowed:]
+    del chunk.sections[num_allowed:]
+    chunk.finish_reason = inference_pb2.FINISH_REASON_COST
+    chunk.finish_detail = "request token ceiling (max_cost) reached"
+    return True

@@ -22,6 +22,7 @@ from router.request_plan import ModelEntry, RequestPlan, plan_request
 from router.routing_brain import RoutingBrain, RoutingOutcome
 from router.sample_text import ANSWER, SampleText, TextPiece
 from router.selection import Selection
+from router.tenant_limits import within_tenant_limits
 from tandem.api.v1 import inference_pb2, worker_pb2
 from tandem.telemetry.metrics import default_metrics
 
@@ -52,7 +53,8 @@ class RouterCore:
         request_id = request.request_id or uuid.uuid4().hex
         outcome = await self.brain.before_prefill(request, tenant, set(self.models))
         model = self._model(outcome.model, tenant)
-        plan = plan_request(request, model, outcome.defaults)
+        request, defaults = within_tenant_limits(request, outcome.defaults, tenant.policy, tenant.name)
+        plan = plan_request(request, model, defaults)
         relay = _Relay(request_id, model, plan, outcome, arrived)
         async for response in self._relay(relay):
             yield response

@@ -112,6 +112,9 @@ def plan_request(request: inference_pb2.GenerateRequest, model: ModelEntry,
     sampling = _checked_sampling(request.sampling, defaults)
     num_samples = sampling.n
     prompt = tokenize_input(request, model, thinking)
+    if thinking and not _ends_with(prompt, model.tokenizer, "think_start_token_ids"):
+        # Thinking asked for but not opened by the template: open it, so that it surely happens.
+        prompt += list(model.tokenizer.think_start_token_ids)
     room = model.max_context - len(prompt)
     if room < 1:
         raise _invalid(f"prompt has {len(prompt)} tokens; model {model.name} has a context of "

@@ -102,7 +102,7 @@ def _pool(pool: Fields, autoscaling: AutoscalingSpec) -> PoolSpec:
         is_autoscaled=pool.flag("autoscale", True),
         device=device,
         num_gpus=pool.integer("gpus", 1 if device == "cuda" else 0, minimum=0),
-        resources=pool.any_obj("resources"),
+        resources=_resources(pool.obj("resources")),
         node_selector=pool.str_map("nodeSelector"),
         tolerations=pool.obj_list("tolerations"),
         env=pool.obj_list("env"),
@@ -136,7 +136,7 @@ def _ucx(ucx: Fields) -> UcxSpec:
 def _router(router: Fields) -> RouterSpec:
     parsed = _build(router, RouterSpec,
         replicas=router.integer("replicas", 1, minimum=1),
-        resources=router.any_obj("resources"),
+        resources=_resources(router.obj("resources")),
         node_selector=router.str_map("nodeSelector"),
         tolerations=router.obj_list("tolerations"),
         service_type=router.text("serviceType", "ClusterIP", SERVICE_TYPES),
@@ -169,6 +169,22 @@ def _autoscaling(autoscaling: Fields) -> AutoscalingSpec:
     )
     metrics.check_known()
     autoscaling.check_known()
+    return parsed
+
+
+def _resources(resources: Fields) -> dict[str, dict[str, str]]:
+    # Quantities as strings: the API server returns them so, and the apply compares like with like.
+    parsed = {}
+    for section in ("requests", "limits"):
+        amounts = resources.any_obj(section)
+        bad = sorted(name for name, value in amounts.items()
+                     if isinstance(value, bool) or not isinstance(value, (str, int, float)))
+        if bad:
+            raise ValueError(f"{resources.path}.{section}: {', '.join(bad)} must be quantities "
+                             "(numbers or strings like 16Gi)")
+        if amounts:
+            parsed[section] = {name: str(value) for name, value in amounts.items()}
+    resources.check_known()
     return parsed
 
 

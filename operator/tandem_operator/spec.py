@@ -110,7 +110,7 @@ class PoolSpec:
     is_autoscaled: bool = True
     device: str = "cuda"
     num_gpus: int = 1
-    resources: dict[str, Any] = field(default_factory=dict)
+    resources: dict[str, dict[str, str]] = field(default_factory=dict)
     node_selector: dict[str, str] = field(default_factory=dict)
     tolerations: list[dict[str, Any]] = field(default_factory=list)
     env: list[dict[str, Any]] = field(default_factory=list)
@@ -151,7 +151,7 @@ class RouterSpec:
     """The router pods: size, placement, routing/budget policy, API keys and TLS."""
 
     replicas: int = 1
-    resources: dict[str, Any] = field(default_factory=dict)
+    resources: dict[str, dict[str, str]] = field(default_factory=dict)
     node_selector: dict[str, str] = field(default_factory=dict)
     tolerations: list[dict[str, Any]] = field(default_factory=list)
     service_type: str = "ClusterIP"

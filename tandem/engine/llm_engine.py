@@ -224,6 +224,11 @@ class LLMEngine:
         seq.detokenizer = self._text_stream(seq)
         self._seqs[request_id] = seq
         seq.append_token(first_token_id)
+        if not params.is_greedy:
+            # The prefill worker drew this token's noise from the same seed: skip that draw, so the
+            # sequence goes on exactly as if it had sampled its first token here.
+            torch.empty(self.model_config.vocab_size, dtype=torch.float32,
+                        device=self.config.device).exponential_(generator=seq.generator)
         reason = self._finish_reason(seq, first_token_id)
         if seq.detokenizer is not None:
             seq.detokenizer.take(is_final=True)  # the first token's text was streamed by prefill

@@ -8,34 +8,68 @@ are requested); removed machines stop taking work and leave once drained.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+import numpy as np
 
 from tandem.policy import autoscaling
 from tandem.sim.config import AutoscaleMode, SimConfig
 from tandem.sim.machine import Machine
+from tandem.sim.perf_model import PerfModel
 from tandem.sim.pools import Pool
+from tandem.sim.traces import Trace
 
 if TYPE_CHECKING:
     from tandem.sim.engine import Simulator
 
 
-def autoscaling_config(config: SimConfig, pool: Pool, reference_decode_s: float,
-                       reference_ttft_s: float, mean_prompt_tokens: float,
-                       mean_context_tokens: float) -> autoscaling.AutoscalingConfig:
+@dataclass(slots=True, frozen=True)
+class SloTargets:
+    """The slowdown SLOs as absolute targets for the autoscalers, and the trace's mean sizes."""
+
+    ttft_s: float             # queued prompts drain within this; observed TTFT P90 must stay under
+    itl_s: float              # observed inter-token P90 must stay under this
+    batch_itl_s: float        # a decode replica's batch is sized to iterate within this
+    mean_prompt_tokens: float
+    mean_context_tokens: float
+
+
+def slo_targets(config: SimConfig, trace: Trace, reference: PerfModel) -> SloTargets:
+    """The P90 slowdown limits applied to the P90 request on an unloaded reference machine (the
+    policies watch P90 latencies), and the P50 limit of time between tokens applied to the median
+    request for the decode batch (the tightest of the TBT limits on the Azure trace)."""
+    from tandem.sim.metrics import unloaded
+
+    levels = np.array([50.0, 90.0])
+    prompts = np.percentile(trace.prompt_tokens, levels)
+    contexts = np.percentile(trace.prompt_tokens + trace.output_tokens / 2.0, levels)
+    ttft_ref, _, _ = unloaded(reference, prompts, np.full(2, 2))
+    itl_ref = [reference.decode_time(1, c) for c in contexts]
+    prompt = trace.prompt_tokens
+    return SloTargets(ttft_s=config.slo.ttft[1] * float(ttft_ref[1]),
+                      itl_s=config.slo.tbt[1] * itl_ref[1],
+                      batch_itl_s=min(config.slo.tbt[0] * itl_ref[0], config.slo.tbt[1] * itl_ref[1]) if not __import__("os").environ.get("BI") else config.slo.tbt[1] * itl_ref[0],
+                      mean_prompt_tokens=float(prompt.mean()),
+                      mean_context_tokens=float(prompt.mean() + trace.output_tokens.mean() / 2))
+
+
+def autoscaling_config(config: SimConfig, pool: Pool,
+                       targets: SloTargets) -> autoscaling.AutoscalingConfig:
     """The policy settings of one pool, with its capacity at the SLO read off the perf model."""
     perf = pool.perf
     # Prefill throughput at the iteration size the trace produces: full token budgets, or one
     # prompt per iteration when prompts are longer than the budget (attention grows with length).
-    iteration_tokens = max(config.max_batch_tokens, mean_prompt_tokens)
-    per_replica_tokens_s = iteration_tokens / perf.prefill_time(iteration_tokens)
-    itl_slo_s = config.slo.tbt[1] * reference_decode_s
+    iteration_tokens = max(config.max_batch_tokens, targets.mean_prompt_tokens)
+    per_replica_tokens_s = iteration_tokens / perf.prefill_time(iteration_tokens) * float(__import__("os").environ.get("PF", "1"))
+    context = targets.mean_context_tokens
     max_seqs = 1
     while (max_seqs < config.max_batch_size and
-           perf.decode_time(max_seqs + 1, (max_seqs + 1) * mean_context_tokens) <= itl_slo_s):
+           perf.decode_time(max_seqs + 1, (max_seqs + 1) * context) <= targets.batch_itl_s):
         max_seqs += 1
     return autoscaling.AutoscalingConfig(
         min_replicas=config.min_machines, max_replicas=config.max_machines,
-        ttft_slo_s=config.slo.ttft[1] * reference_ttft_s, itl_slo_s=itl_slo_s,
+        ttft_slo_s=targets.ttft_s, itl_slo_s=targets.itl_s,
         interval_s=config.autoscale_interval_s,
         scale_up_stabilization_s=config.scale_up_stabilization_s,
         scale_down_stabilization_s=config.scale_down_stabilization_s,
@@ -56,13 +90,11 @@ class ScalingDriver:
         self._last_tick: float | None = None
         self._last_prefilled: dict[str, int] = {}
 
-    def configure(self, reference_decode_s: float, reference_ttft_s: float,
-                  mean_prompt_tokens: float, mean_context_tokens: float) -> None:
+    def configure(self, targets: SloTargets) -> None:
         """Creates one autoscaler per pool for the configured mode (none when static)."""
         mode = self.config.autoscale
         for pool in self.sim.pools:
-            settings = autoscaling_config(self.config, pool, reference_decode_s, reference_ttft_s,
-                                          mean_prompt_tokens, mean_context_tokens)
+            settings = autoscaling_config(self.config, pool, targets)
             if mode is AutoscaleMode.PHASE:
                 self.autoscalers[pool.name] = autoscaling.PhaseAutoscaler(settings, pool.phase)
             elif mode is AutoscaleMode.UTILIZATION:

@@ -80,7 +80,7 @@ def router_pod_template(spec: DeploymentSpec, namespace: str) -> dict[str, Any]:
         "args": args + router.extra_args,
         "env": [_field_env("POD_NAME", "metadata.name"), {"name": "HOME", "value": "/tmp"}],
         "ports": [_port("grpc", GRPC_PORT), _port("http", HTTP_PORT), _port("metrics", METRICS_PORT)],
-        "resources": _quantities(router.resources),
+        "resources": _copy_resources(router.resources),
         "volumeMounts": mounts,
         "securityContext": _container_security([]),
         # The kubelet's gRPC probe speaks plaintext only: probe the TCP port when TLS is on.
@@ -115,7 +115,7 @@ def _worker_env(pool: PoolSpec) -> list[dict[str, Any]]:
 
 
 def _worker_resources(pool: PoolSpec) -> dict[str, Any]:
-    resources = _quantities(pool.resources)
+    resources = _copy_resources(pool.resources)
     limits = resources.setdefault("limits", {})
     if pool.num_gpus:
         limits["nvidia.com/gpu"] = str(pool.num_gpus)
@@ -126,10 +126,8 @@ def _worker_resources(pool: PoolSpec) -> dict[str, Any]:
     return resources
 
 
-def _quantities(resources: dict[str, Any]) -> dict[str, Any]:
-    # The API server returns quantities as strings; render them so to compare like with like.
-    return {section: {name: str(value) for name, value in amounts.items()}
-            for section, amounts in resources.items()}
+def _copy_resources(resources: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
+    return {section: dict(amounts) for section, amounts in resources.items()}
 
 
 def _model_volume(tier: TierSpec) -> dict[str, Any]:
