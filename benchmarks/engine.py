@@ -180,13 +180,14 @@ class Runs:
                                    min_new_tokens=num_new, pad_token_id=0)
 
 
-def decode_bytes_per_step(engine: LLMEngine, context_len: int) -> dict:
+def decode_bytes_per_step(engine: LLMEngine, hf_model, context_len: int) -> dict:
     """Bytes one batch-1 decode step must read: every weight once (the embedding table only when
-    the LM head shares it) plus the KV of the context."""
-    model = engine.runner.model
-    embedding = model.model.embed_tokens.weight
-    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters()
-                       if p is not embedding or model.config.tie_word_embeddings)
+    the LM head shares it) plus the KV of the context. Weights are counted on the transformers
+    copy, whose parameters are the same tensors in plain layout."""
+    embedding = hf_model.get_input_embeddings().weight
+    is_tied = hf_model.get_output_embeddings().weight is embedding
+    weight_bytes = sum(p.numel() * p.element_size() for p in hf_model.parameters()
+                       if p is not embedding or is_tied)
     spec = engine.kv_spec
     kv_bytes = spec.bytes_per_block_per_layer * spec.num_layers * context_len // spec.block_size
     return {"weight_bytes": weight_bytes, "kv_bytes": kv_bytes}
@@ -236,14 +237,14 @@ def run_benchmark(args: argparse.Namespace, model_dir: Path, reps: int) -> dict:
     hf_seq_rate = sum(outputs[:num_sequential]) / hf_sequential
     ours_prefill, hf_prefill = (min(r["prefill_s"] for r in runs_) for runs_ in (ours_single, hf_single))
     ours_step, hf_step = (min(r["decode_step_s"] for r in runs_) for runs_ in (ours_single, hf_single))
-    step_bytes = decode_bytes_per_step(engine, len(prompt) + num_output // 2)
+    step_bytes = decode_bytes_per_step(engine, hf_model, len(prompt) + num_output // 2)
     roofline_s = (step_bytes["weight_bytes"] + step_bytes["kv_bytes"]) / bandwidth["read_bytes_per_s"]
     return {
         "benchmark": "engine",
         "params": {"quick": args.quick, "threads": args.threads, "clock": args.clock, "reps": reps,
                    "seed": args.seed, "workload": "quick" if args.quick else args.workload,
                    "model": engine.model_config.architecture,
-                   "num_parameters": sum(p.numel() for p in engine.runner.model.parameters()),
+                   "num_parameters": sum(p.numel() for p in hf_model.parameters()),
                    "single_prompt_tokens": len(prompt), "single_output_tokens": num_output,
                    "num_mixed_requests": len(prompts), "mixed_prompt_tokens": num_prompt_tokens,
                    "mixed_output_tokens": generated, "hf_sequential_sample": num_sequential},

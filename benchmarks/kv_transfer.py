@@ -43,7 +43,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--num-kv-heads", type=int, default=8)
     parser.add_argument("--head-dim", type=int, default=64)
     parser.add_argument("--dtype", default="float16")
-    parser.add_argument("--max-inflight", type=int, default=8, help="KVTransferConfig.max_inflight_messages")
+    parser.add_argument("--max-inflight", type=int, default=64, help="KVTransferConfig.max_inflight_messages")
     args = parser.parse_args(argv)
     if args.quick:
         args.sizes_mb, args.repeats = [1, 4, 16], 2
@@ -73,9 +73,10 @@ async def _receiver(pipe, args: argparse.Namespace, num_blocks: int) -> None:
 
     from tandem.engine.kv_cache import allocate_kv_cache
     from tandem.kv import GrantTable, KVTransferConfig, UCXKVReceiver, make_reservation, shutdown_ucx
-    from tandem.kv.ucx_runtime import block_run_buffer
+    from tandem.kv.ucx_runtime import CacheRegions
 
     cache = allocate_kv_cache(cache_spec(args, num_blocks))
+    regions = CacheRegions(cache)
     grants = GrantTable(args.num_layers, num_blocks)
     receiver = UCXKVReceiver(cache, grants, "127.0.0.1", 0, KVTransferConfig(max_inflight_messages=args.max_inflight))
     await receiver.start()
@@ -100,7 +101,7 @@ async def _receiver(pipe, args: argparse.Namespace, num_blocks: int) -> None:
                     break
                 await asyncio.sleep(0.01)
             endpoint = raw_endpoints[-1]
-            receives = [endpoint.recv(block_run_buffer(cache, layer, 0, num_used), tag=RAW_TAG)
+            receives = [endpoint.recv(regions.run(layer, 0, num_used), tag=RAW_TAG)
                         for layer in range(args.num_layers)]
             raw_task = asyncio.ensure_future(_raw_receive(endpoint, receives, np))
             await asyncio.sleep(0.05)  # let every receive be posted before the sender starts
@@ -148,12 +149,13 @@ async def _tandem_once(sender, pipe, request_id: str, num_used: int) -> float:
 async def _raw_once(endpoint, cache, pipe, num_used: int) -> float:
     import numpy as np
 
-    from tandem.kv.ucx_runtime import block_run_buffer
+    from tandem.kv.ucx_runtime import CacheRegions
 
+    regions = CacheRegions(cache)
     pipe.send(("raw", num_used))
     assert _reply(pipe) == "posted"
     start = time.perf_counter()
-    sends = [endpoint.send(block_run_buffer(cache, layer, 0, num_used), tag=RAW_TAG) for layer in range(cache.shape[0])]
+    sends = [endpoint.send(regions.run(layer, 0, num_used), tag=RAW_TAG) for layer in range(cache.shape[0])]
     await asyncio.wait_for(asyncio.gather(*sends), 120)
     await asyncio.wait_for(endpoint.recv(np.zeros(1, dtype=np.uint8), tag=DONE_TAG), 120)
     return time.perf_counter() - start

@@ -25,6 +25,7 @@ from tandem.engine.tokenizer import Tokenizer
 from tandem.serving.ready_file import write_ready_file
 
 SERVICE = "tandem.v1.DecodeWorker"
+ANSWER = inference_pb2.TOKEN_SECTION_ANSWER
 TEXT = ("The router relays tokens from decode workers to clients. Each token becomes text, and the "
         "text goes back to the client as soon as it is whole. A fast router adds little time to "
         "each token, even with many streams open at once. ")
@@ -49,33 +50,37 @@ class TokenSource:
                                        head_dim=config["hidden_size"] // heads, dtype="float32"))
         self._chunks: dict[int, bytes] = {}
 
+    def _ids(self, offset: int, num_tokens: int) -> list[int]:
+        return [self.token_ids[(offset + i) % len(self.token_ids)] for i in range(num_tokens)]
+
     def _chunk(self, offset: int) -> bytes:
-        """The serialized chunk of tokens starting at offset in the text (cached)."""
+        """The serialized body (no request id) of a full chunk starting at offset (cached)."""
+        offset %= len(self.token_ids)
         cached = self._chunks.get(offset)
         if cached is None:
-            ids = [self.token_ids[(offset + i) % len(self.token_ids)]
-                   for i in range(self.tokens_per_chunk)]
             cached = worker_pb2.DecodeChunk(
-                token_ids=ids, sections=[inference_pb2.TOKEN_SECTION_ANSWER] * len(ids)).SerializeToString()
+                token_ids=self._ids(offset, self.tokens_per_chunk),
+                sections=[ANSWER] * self.tokens_per_chunk).SerializeToString()
             self._chunks[offset] = cached
         return cached
 
     async def decode(self, request: worker_pb2.DecodeRequest, context):
-        """Streams request.budget.max_tokens tokens, then a finish chunk (LENGTH)."""
+        """Streams request.budget.max_tokens tokens; the last chunk says LENGTH."""
         if not request.colocated:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                                 "the token source serves colocated requests only (no KV transfer)")
+        # Protobuf messages concatenate: the request id is serialized once per stream, not per chunk.
+        header = worker_pb2.DecodeChunk(request_id=request.request_id).SerializeToString()
         num_left = max(1, request.budget.max_tokens)
         offset = 0
         while num_left > self.tokens_per_chunk:
-            yield self._chunk(offset % len(self.token_ids))
+            yield header + self._chunk(offset)
             offset += self.tokens_per_chunk
             num_left -= self.tokens_per_chunk
         last = worker_pb2.DecodeChunk(
-            request_id=request.request_id, token_ids=[self.token_ids[offset % len(self.token_ids)]] * num_left,
-            sections=[inference_pb2.TOKEN_SECTION_ANSWER] * num_left,
+            token_ids=self._ids(offset, num_left), sections=[ANSWER] * num_left,
             finish_reason=inference_pb2.FINISH_REASON_LENGTH, finish_detail="length")
-        yield last.SerializeToString()
+        yield header + last.SerializeToString()
 
     async def reserve(self, request, context):
         """Refuses: no KV transfer here."""

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from router.difficulty.data import RoutingDataset
 
 MANIFEST = "estimator.json"
+PROBE_MANIFEST = "probe.json"  # router.difficulty.probe's folder: loaded by the prefill worker
 FORMAT_VERSION = 1
 
 # name -> "module:Class"; the class has `load(directory)` and `fit(dataset)`.
@@ -72,6 +73,9 @@ def read_manifest(directory: str | pathlib.Path, expected_name: str | None = Non
     """Reads and checks a manifest; returns its settings (and name under '_name')."""
     path = pathlib.Path(directory) / MANIFEST
     if not path.is_file():
+        if (pathlib.Path(directory) / PROBE_MANIFEST).is_file():
+            raise ValueError(f"{directory} holds a hidden-state probe, which scores prefilled prompts:"
+                             " give it to the prefill worker (--probe), not to the router")
         raise ValueError(f"{directory} is not a saved difficulty estimator (no {MANIFEST})")
     try:
         manifest = json.loads(path.read_text())

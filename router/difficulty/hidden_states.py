@@ -1,10 +1,11 @@
 """Training inputs for the probe: final hidden states of prompts, from the served model or a stand-in.
 
-`engine_hidden_states` runs each prompt once through Tandem's own engine (`load_model` on a Hugging
+`EngineHiddenStates` runs each prompt once through Tandem's own engine (`load_model` on a Hugging
 Face folder, one prefill step into a private paged KV cache) and keeps the last prompt token's
 hidden state after the final norm: the vector the prefill worker feeds the LM head, and the one it
-will hand to `ProbeHead.score_hidden`. Prompts are tokenized with the folder's tokenizer.json as
-plain text; a deployment that wraps prompts in a chat template should train on templated prompts.
+will hand to `ProbeHead.score_hidden`. Prompts are tokenized as plain text by Tandem's tokenizer
+(as the router tokenizes a plain prompt); a deployment that wraps prompts in a chat template
+should train on templated prompts.
 
 `minilm_hidden_states` is the stand-in used for evaluation on this machine: the last-layer state
 of all-MiniLM-L6-v2's final ([SEP]) token. It is not the served model, so its figures only show
@@ -19,31 +20,64 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 HiddenStateSource = Callable[[Sequence[str]], np.ndarray]
+Tokenize = Callable[[str], Sequence[int]]
 
 
-def engine_hidden_states(model_dir: str | pathlib.Path, prompts: Sequence[str], device: str = "cpu",
-                         max_prompt_tokens: int | None = None, block_size: int = 16) -> np.ndarray:
-    """[N, hidden_size] float32 final hidden states of `prompts` under the model in `model_dir`."""
-    import torch
-    from tokenizers import Tokenizer
+def router_tokenizer(model_dir: pathlib.Path) -> Tokenize:
+    """The encode function of Tandem's tokenizer for `model_dir` (imported only when needed)."""
+    from tandem.engine.tokenizer import Tokenizer
 
-    from tandem.engine.weights import load_model
+    return Tokenizer.from_model_dir(model_dir).encode
 
-    model_dir = pathlib.Path(model_dir)
-    tokenizer_path = model_dir / "tokenizer.json"
-    if not tokenizer_path.is_file():
-        raise ValueError(f"{model_dir} has no tokenizer.json")
-    tokenizer = Tokenizer.from_file(str(tokenizer_path))
-    model, config = load_model(model_dir, device=device)
-    limit = min(max_prompt_tokens or config.max_position_embeddings, config.max_position_embeddings)
-    states = np.zeros((len(prompts), config.hidden_size), dtype=np.float32)
-    for row, prompt in enumerate(prompts):
-        token_ids = tokenizer.encode(prompt).ids[-limit:]  # keep the end: it holds the question
-        if not token_ids:
-            raise ValueError(f"prompt {row} encodes to no tokens")
-        hidden = _prefill_last_hidden(model, config, token_ids, block_size, torch.device(device))
-        states[row] = hidden.float().cpu().numpy()
-    return states
+
+class EngineHiddenStates:
+    """Computes [N, hidden_size] float32 final hidden states of prompts with Tandem's engine.
+
+    The model and tokenizer load on the first call and stay loaded. `tokenize` defaults to the
+    router's tokenizer for the folder (`tandem.engine.tokenizer.Tokenizer.from_model_dir`), so the
+    probe is trained on the very token ids the prefill worker will see. Prompts longer than the
+    model's context keep their last `max_prompt_tokens` tokens: the end holds the question.
+    """
+
+    def __init__(self, model_dir: str | pathlib.Path, device: str = "cpu",
+                 max_prompt_tokens: int | None = None, block_size: int = 16,
+                 tokenize: Tokenize | None = None) -> None:
+        self.model_dir = pathlib.Path(model_dir)
+        if not (self.model_dir / "config.json").is_file():
+            raise ValueError(f"{self.model_dir} is not a model folder (no config.json)")
+        if block_size <= 0 or (max_prompt_tokens is not None and max_prompt_tokens <= 0):
+            raise ValueError("block_size and max_prompt_tokens must be > 0")
+        self.device = device
+        self.max_prompt_tokens = max_prompt_tokens
+        self.block_size = block_size
+        self._tokenize = tokenize
+        self._model = None
+        self._config = None
+
+    def __call__(self, prompts: Sequence[str]) -> np.ndarray:
+        import torch
+
+        model, config = self._loaded()
+        limit = min(self.max_prompt_tokens or config.max_position_embeddings,
+                    config.max_position_embeddings)
+        states = np.zeros((len(prompts), config.hidden_size), dtype=np.float32)
+        for row, prompt in enumerate(prompts):
+            token_ids = list(self._tokenize(prompt))[-limit:]
+            if not token_ids:
+                raise ValueError(f"prompt {row} encodes to no tokens")
+            hidden = _prefill_last_hidden(model, config, token_ids, self.block_size,
+                                          torch.device(self.device))
+            states[row] = hidden.float().cpu().numpy()
+        return states
+
+    def _loaded(self):
+        if self._model is None:
+            from tandem.engine.weights import load_model
+
+            if self._tokenize is None:
+                self._tokenize = router_tokenizer(self.model_dir)
+            self._model, self._config = load_model(self.model_dir, device=self.device)
+        return self._model, self._config
 
 
 def _prefill_last_hidden(model, config, token_ids: list[int], block_size: int, device):

@@ -30,6 +30,8 @@ class EngineConfig:
     dtype: str = "float32"
     device: str = "cpu"
     enable_prefix_caching: bool = True
+    # On CPU, swap the model's Linear layers for oneDNN-prepacked ones (cpu_linear.py).
+    pack_cpu_linears: bool = True
 
     def __post_init__(self) -> None:
         for name in ("block_size", "max_num_seqs", "max_num_batched_tokens"):
@@ -67,6 +69,16 @@ def resolve_num_blocks(config: EngineConfig, bytes_per_block: int) -> int:
             f"kv_cache_memory_fraction {config.kv_cache_memory_fraction} of free memory on "
             f"{config.device} holds no KV block of {bytes_per_block} bytes; set num_blocks")
     return num_blocks
+
+
+def resolve_max_model_len(config: EngineConfig, max_position_embeddings: int) -> int:
+    """Longest prompt plus output: config.max_model_len, at most the model's positions."""
+    if config.max_model_len is None:
+        return max_position_embeddings
+    if config.max_model_len > max_position_embeddings:
+        raise ValueError(f"max_model_len {config.max_model_len} exceeds the model's "
+                         f"max_position_embeddings ({max_position_embeddings})")
+    return config.max_model_len
 
 
 def _free_memory_bytes(device: str) -> int:

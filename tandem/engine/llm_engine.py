@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from tandem.engine.block_manager import KVCacheManager
-from tandem.engine.engine_config import EngineConfig, resolve_num_blocks
+from tandem.engine.engine_config import EngineConfig, resolve_max_model_len, resolve_num_blocks
 from tandem.engine.model_config import ModelConfig
 from tandem.engine.model_runner import LayerHook, ModelRunner
 from tandem.engine.request_checks import RequestChecker
@@ -23,6 +23,8 @@ from tandem.engine.sampler import SampleResult, sample
 from tandem.engine.sampling_params import SamplingParams
 from tandem.engine.scheduler import Scheduler
 from tandem.engine.sequence import FinishReason, Sequence, SequenceStatus
+from tandem.engine.tokenizer import IncrementalDetokenizer, Tokenizer
+from tandem.engine.weights import load_model
 
 HELD = (SequenceStatus.PREFILLED, SequenceStatus.RESERVED)
 
@@ -46,19 +48,20 @@ class EngineStats:
 
 
 class LLMEngine:
-    """Continuous-batching inference over one Llama-family model."""
+    """Continuous-batching inference over one Llama-family model (not thread-safe: drive it from
+    one thread, e.g. a worker's engine loop)."""
 
     def __init__(self, model_dir: str | Path, config: EngineConfig) -> None:
-        from tandem.engine.tokenizer import Tokenizer
-        from tandem.engine.weights import load_model
-
         model, model_config = load_model(model_dir, dtype=config.torch_dtype, device=config.device)
         self._setup(model, Tokenizer.from_model_dir(model_dir), model_config, config)
 
     @classmethod
     def from_parts(cls, model: torch.nn.Module, tokenizer, model_config: ModelConfig,
                    config: EngineConfig) -> LLMEngine:
-        """An engine over an already loaded model; tokenizer may be None (no text, no stop strings)."""
+        """An engine over an already loaded model; tokenizer may be None (no text, no stop strings).
+
+        With config.pack_cpu_linears on a CPU, the model's Linear layers are repacked in place.
+        """
         engine = cls.__new__(cls)
         engine._setup(model, tokenizer, model_config, config)
         return engine
@@ -67,14 +70,14 @@ class LLMEngine:
         self.config = config
         self.model_config = model_config
         self.tokenizer = tokenizer
-        self.max_model_len = _max_model_len(config, model_config)
+        self.max_model_len = resolve_max_model_len(config, model_config.max_position_embeddings)
         one_block = model_config.kv_cache_spec(1, config.block_size, config.torch_dtype)
         bytes_per_block = one_block.bytes_per_block_per_layer * model_config.num_hidden_layers
         num_blocks = resolve_num_blocks(config, bytes_per_block)
         self.kv_manager = KVCacheManager(num_blocks, config.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(config, self.kv_manager)
         spec = model_config.kv_cache_spec(num_blocks, config.block_size, config.torch_dtype)
-        self.runner = ModelRunner(model, spec, config.device)
+        self.runner = ModelRunner(model, spec, config.device, config.pack_cpu_linears)
         eos_ids = tokenizer.eos_token_ids if tokenizer is not None else model_config.eos_token_ids
         self.eos_token_ids = frozenset(eos_ids)
         self.checker = RequestChecker(model_config.vocab_size, self.max_model_len, config.block_size,
@@ -151,7 +154,7 @@ class LLMEngine:
                 raise CapacityError("no request can be admitted: reserved or prefilled requests "
                                     "hold the KV blocks they need")
             for output in outputs:
-                _accumulate(completions[output.request_id], output)
+                completions[output.request_id].add(output)
         return [completions[rid] for rid in request_ids]
 
     def stats(self) -> EngineStats:
@@ -292,8 +295,6 @@ class LLMEngine:
     def _text_stream(self, seq: Sequence) -> TextStream | None:
         if self.tokenizer is None:
             return None
-        from tandem.engine.tokenizer import IncrementalDetokenizer
-
         return TextStream(IncrementalDetokenizer(self.tokenizer, seq.prompt_token_ids), seq.params.stop)
 
     def _get(self, request_id: str) -> Sequence:
@@ -301,23 +302,3 @@ class LLMEngine:
         if seq is None:
             raise ValueError(f"unknown request {request_id!r}")
         return seq
-
-
-def _max_model_len(config: EngineConfig, model_config: ModelConfig) -> int:
-    limit = model_config.max_position_embeddings
-    if config.max_model_len is None:
-        return limit
-    if config.max_model_len > limit:
-        raise ValueError(f"max_model_len {config.max_model_len} exceeds the model's "
-                         f"max_position_embeddings ({limit})")
-    return config.max_model_len
-
-
-def _accumulate(completion: Completion, output: RequestOutput) -> None:
-    completion.token_ids += output.new_token_ids
-    completion.text += output.new_text
-    if completion.logprobs is not None and output.new_logprobs:
-        completion.logprobs += output.new_logprobs
-    if output.finished:
-        completion.finish_reason = output.finish_reason
-    completion.num_cached_prompt_tokens = output.num_cached_prompt_tokens

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from tandem.engine.attention_metadata import AttentionMetadata
+from tandem.engine.cpu_linear import can_pack, pack_linears
 from tandem.engine.kv_cache import KVCacheSpec, allocate_kv_cache
 from tandem.engine.scheduler import ScheduledBatch
 from tandem.engine.sequence import Sequence
+
+logger = logging.getLogger(__name__)
 
 # (request_id, block_ids, start_token, end_token): prompt tokens [start, end) computed this step.
 PromptSpan = tuple[str, list[int], int, int]
@@ -42,10 +46,15 @@ class StepInputs:
 class ModelRunner:
     """Owns the model and the paged KV cache tensor; turns a ScheduledBatch into logits."""
 
-    def __init__(self, model: torch.nn.Module, spec: KVCacheSpec, device: str | torch.device) -> None:
+    def __init__(self, model: torch.nn.Module, spec: KVCacheSpec, device: str | torch.device,
+                 pack_cpu_linears: bool = True) -> None:
         self.model = model
         self.spec = spec
         self.device = torch.device(device)
+        weight_dtype = next(model.parameters()).dtype
+        if pack_cpu_linears and can_pack(self.device, weight_dtype):
+            num_packed = pack_linears(model)
+            logger.info("packed %d Linear layers for oneDNN on %s", num_packed, self.device)
         self.block_size = spec.block_size
         # [num_layers, num_blocks, 2, block_size, num_kv_heads, head_dim] (kv_cache.py contract).
         self.kv_cache = allocate_kv_cache(spec, self.device)

@@ -51,6 +51,16 @@ class Completion:
     logprobs: list[TokenLogprob] | None
     num_cached_prompt_tokens: int
 
+    def add(self, output: RequestOutput) -> None:
+        """Appends one step's output of this request."""
+        self.token_ids += output.new_token_ids
+        self.text += output.new_text
+        if self.logprobs is not None and output.new_logprobs:
+            self.logprobs += output.new_logprobs
+        if output.finished:
+            self.finish_reason = output.finish_reason
+        self.num_cached_prompt_tokens = output.num_cached_prompt_tokens
+
 
 class TextStream:
     """Turns a sequence's tokens into text deltas and finds stop strings.

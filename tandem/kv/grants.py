@@ -63,6 +63,8 @@ class KVGrant:
     # Per layer, the writable block ids whose bytes have fully arrived.
     arrived: list[set[int]] = field(default_factory=list)
     writable: frozenset[int] = frozenset()
+    # Why the last DATA message carrying this grant's token was refused, for the commit's answer.
+    last_refusal: str = ""
     done: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
 
     @property
@@ -149,15 +151,24 @@ class GrantTable:
         """Authorizes a DATA header and pins the grant until `end_write`; raises GrantRefused."""
         with self._lock:
             grant = self._authorize(header)
-            if not 0 <= header.layer < self.num_layers:
-                raise GrantRefused(f"layer {header.layer} is outside 0..{self.num_layers - 1}")
             run = range(header.first_block_id, header.first_block_id + header.num_blocks)
             outside = [block_id for block_id in run if block_id not in grant.writable]
-            if outside:
-                raise GrantRefused(f"blocks {outside[:8]} of run {run.start}+{len(run)} are not writable "
-                                   f"under the grant of request {header.request_id!r}")
-            grant.num_writes_in_flight += 1
-            return grant
+            if not 0 <= header.layer < self.num_layers:
+                grant.last_refusal = f"layer {header.layer} is outside 0..{self.num_layers - 1}"
+            elif outside:
+                grant.last_refusal = (f"blocks {outside[:8]} of run {run.start}+{len(run)} are not writable "
+                                      f"under the grant of request {header.request_id!r}")
+            else:
+                grant.num_writes_in_flight += 1
+                return grant
+            raise GrantRefused(grant.last_refusal)
+
+    def note_refusal(self, header: Header, reason: str) -> None:
+        """Records why a message was refused on the grant its token opens (if any), for the commit."""
+        with self._lock:
+            grant = self._grants.get(header.request_id)
+            if grant is not None and hmac.compare_digest(grant.token, header.token):
+                grant.last_refusal = reason
 
     def end_write(self, grant: KVGrant, header: Header, is_received: bool) -> None:
         """Unpins a grant; records the run as arrived if its bytes fully landed while PENDING."""
@@ -175,8 +186,9 @@ class GrantTable:
             grant = self._authorize(header)
             missing = grant.missing_layers()
             if missing or grant.num_writes_in_flight:
+                refused = f"; a DATA message was refused: {grant.last_refusal}" if grant.last_refusal else ""
                 raise GrantRefused(f"commit of request {header.request_id!r} is early: layers {missing[:8]} "
-                                   f"are incomplete, {grant.num_writes_in_flight} writes in flight")
+                                   f"are incomplete, {grant.num_writes_in_flight} writes in flight{refused}")
             grant.state = GrantState.COMPLETE
         grant.done.set_result(GrantState.COMPLETE)
         return grant

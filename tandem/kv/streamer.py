@@ -47,7 +47,8 @@ class LayerStreamer:
         self._is_layer_complete = [False] * self.num_layers
         self._all_layers_complete = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
-        self._num_bytes = 0
+        # One future per posted layer part: the bytes it sent, once its payloads have left.
+        self._completions: list[asyncio.Future] = []
         self._last_layer_done_at = 0.0
         self._is_aborted = False
 
@@ -86,9 +87,8 @@ class LayerStreamer:
         if ready is not None:
             while not ready.query():
                 await asyncio.sleep(_CUDA_POLL_SECONDS)
-        num_bytes = await self.sender.send_layer(
-            self.reservation, layer, self.src_block_ids[start:stop], self.dst_block_ids[start:stop])
-        self._num_bytes += num_bytes
+        self._completions.append(await self.sender.post_layer(
+            self.reservation, layer, self.src_block_ids[start:stop], self.dst_block_ids[start:stop]))
 
     async def finish(self) -> TransferResult:
         """Waits for every layer, sends them all and commits; aborts the grant if anything failed."""
@@ -98,12 +98,20 @@ class LayerStreamer:
         if self._is_aborted:
             raise KVTransferError(f"transfer of request {self.reservation.request_id!r} was aborted")
         try:
-            await asyncio.gather(*self._tasks)
-            await self.sender.commit(self.reservation)
+            await asyncio.gather(*self._tasks)  # every run is posted: the commit may follow at once
+            commit = asyncio.ensure_future(self.sender.commit(self.reservation))
+            sent = await asyncio.gather(*self._completions, return_exceptions=True)
+            await asyncio.wait([commit])
+            errors = [result for result in sent if isinstance(result, BaseException)]
+            if errors:
+                if not commit.cancelled():
+                    commit.exception()  # the send error explains a refused commit better
+                raise errors[0]
+            await commit
         except Exception as error:
             await self.abort(f"transfer failed: {error}")
             raise
-        return TransferResult(self._num_bytes, time.perf_counter() - self._last_layer_done_at)
+        return TransferResult(sum(sent), time.perf_counter() - self._last_layer_done_at)
 
     async def abort(self, reason: str) -> None:
         """Stops sending and tells the receiver to free the blocks (best effort)."""
@@ -113,7 +121,7 @@ class LayerStreamer:
         self._all_layers_complete.set()
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*self._tasks, *self._completions, return_exceptions=True)
         try:
             await self.sender.abort(self.reservation, reason)
         except KVTransferError as error:

@@ -39,9 +39,9 @@ class KVTransferConfig:
     transfer_timeout_s: float = 30.0
     # Seconds a receiver keeps a connection with no message before closing it.
     idle_timeout_s: float = 600.0
-    # Messages a sender keeps in flight per peer (and a receiver per connection) before waiting
-    # for acknowledgements: hides the round trip between consecutive runs.
-    max_inflight_messages: int = 8
+    # Messages (block runs) a sender keeps in flight per peer, and payload receives a receiver
+    # keeps posted per connection: a whole burst of layers travels without waiting on Python.
+    max_inflight_messages: int = 64
     # Seconds between lease sweeps on the receiver.
     sweep_interval_s: float = 1.0
     # UCX options passed to ucxx.init, names with or without the UCX_ prefix

@@ -1,12 +1,12 @@
 """The decode side of KV transfer: a UCX listener that writes payloads straight into the cache.
 
-Per connection: send a Hello (instance id, layout), then read headers in order. A DATA header
-that its grant allows posts a receive directly into the destination view of the cache tensor
-(one layer's run of consecutive blocks is one contiguous region: no staging copy); one that it
-refuses has its payload drained into scratch memory so the stream stays in step, and the refusal
-is logged and acknowledged with its reason. Payload receives are posted in header order (UCX
-matches same-tag messages of an endpoint in order), up to `max_inflight_messages` at once.
-A malformed header, a timeout or a vanished peer closes that connection only; the grants it was
+Per connection: send a Hello (instance id, layout), then read header batches in order. A DATA
+header that its grant allows posts a receive directly into the destination view of the cache
+tensor (one layer's run of consecutive blocks is one contiguous region: no staging copy); one
+that it refuses has its payload drained into scratch memory so the stream stays in step, and
+the refusal is logged and recorded on the grant for the commit's answer. A COMMIT or ABORT
+first waits for the connection's payloads in flight, then answers with an Ack.
+A malformed batch, a timeout or a vanished peer closes that connection only; the grants it was
 writing stay PENDING until their writer commits or their lease expires.
 """
 
@@ -24,12 +24,15 @@ from ucxx.exceptions import UCXMessageTruncatedError
 
 from tandem.kv.grants import GrantRefused, GrantTable
 from tandem.kv.transport import KVTransferConfig
-from tandem.kv.ucx_runtime import block_run_buffer, ensure_ucx
-from tandem.kv.wire import (ACK_TAG, HEADER_NBYTES, HEADER_TAG, HELLO_TAG, INSTANCE_ID_NBYTES, Ack,
-                            AckStatus, Header, Hello, MalformedMessage, MessageKind, WireLayout, decode_header,
-                            encode_ack, encode_hello, payload_tag)
+from tandem.kv.ucx_runtime import CacheRegions, ensure_ucx
+from tandem.kv.wire import (ACK_TAG, HEADER_TAG, HELLO_TAG, INSTANCE_ID_NBYTES, MAX_BATCH_NBYTES, Ack, AckStatus,
+                            Header, Hello, MalformedMessage, MessageKind, WireLayout, decode_headers, encode_ack,
+                            encode_hello, payload_tag)
 
 logger = logging.getLogger("tandem.kv.receiver")
+
+# Header-batch receives kept posted per connection, so a burst costs one wake-up of the loop.
+_NUM_POSTED_BATCHES = 4
 
 
 class _ConnectionClosed(Exception):
@@ -41,9 +44,8 @@ class UCXKVReceiver:
 
     def __init__(self, kv_cache: torch.Tensor, grants: GrantTable, host: str, port: int = 0,
                  config: KVTransferConfig | None = None) -> None:
-        if not kv_cache.is_contiguous():
-            raise ValueError("the receiver's KV cache tensor must be contiguous")
         self.layout = WireLayout.of_tensor(kv_cache)
+        self.regions = CacheRegions(kv_cache)
         if (grants.num_layers, grants.num_blocks) != (kv_cache.shape[0], kv_cache.shape[1]):
             raise ValueError(f"grant table covers {grants.num_layers} layers x {grants.num_blocks} blocks but the "
                              f"cache has {kv_cache.shape[0]} x {kv_cache.shape[1]}")
@@ -95,30 +97,31 @@ class UCXKVReceiver:
         self._connections.add(task)
         self._endpoints.add(endpoint)
         payloads: set[asyncio.Task] = set()
-        headers: deque[tuple[np.ndarray, asyncio.Future]] = deque()
+        batches: deque[tuple[np.ndarray, asyncio.Future]] = deque()
         try:
             await self._send(endpoint, encode_hello(Hello(self.instance_id, self.grants.num_blocks, self.layout)),
                              HELLO_TAG, self.config.connect_timeout_s)
             window = asyncio.Semaphore(self.config.max_inflight_messages)
-            # Several header receives stay posted (UCX fills them in posting order), so a burst
-            # of headers costs one wake-up of this loop rather than one per header.
-            headers = deque(self._post_header_receive(endpoint) for _ in range(self.config.max_inflight_messages))
+            batches.extend(self._post_batch_receive(endpoint) for _ in range(_NUM_POSTED_BATCHES))
             while True:
-                header = await self._next_header(endpoint, *headers.popleft())
-                headers.append(self._post_header_receive(endpoint))
-                if header.kind is MessageKind.DATA:
-                    await window.acquire()
-                    payload = asyncio.create_task(self._receive_data(endpoint, header, window))
-                    payloads.add(payload)
-                    payload.add_done_callback(lambda done: self._payload_done(done, payloads, endpoint))
-                else:
-                    await self._send_ack(endpoint, self._finish(header))
+                headers = await self._next_batch(endpoint, *batches.popleft())
+                batches.append(self._post_batch_receive(endpoint))
+                for header in headers:
+                    if header.kind is MessageKind.DATA:
+                        await window.acquire()
+                        payload = asyncio.create_task(self._receive_payload(endpoint, header, window))
+                        payloads.add(payload)
+                        payload.add_done_callback(lambda done: self._payload_done(done, payloads, endpoint))
+                    else:
+                        if payloads:  # the commit must see every run sent before it
+                            await asyncio.wait(set(payloads))
+                        await self._send_ack(endpoint, self._finish(header))
         except (_ConnectionClosed, asyncio.CancelledError):
             pass
         except Exception as error:
             logger.info("KV connection closed: %s: %s", type(error).__name__, error)
         finally:
-            unfinished = [*payloads, *(receive for _, receive in headers)]
+            unfinished = [*payloads, *(receive for _, receive in batches)]
             for pending in unfinished:
                 pending.cancel()
             await asyncio.gather(*unfinished, return_exceptions=True)
@@ -127,16 +130,16 @@ class UCXKVReceiver:
             self._connections.discard(task)
 
     @staticmethod
-    def _post_header_receive(endpoint) -> tuple[np.ndarray, asyncio.Future]:
-        buffer = np.zeros(HEADER_NBYTES, dtype=np.uint8)
+    def _post_batch_receive(endpoint) -> tuple[np.ndarray, asyncio.Future]:
+        buffer = np.zeros(MAX_BATCH_NBYTES, dtype=np.uint8)
         return buffer, asyncio.ensure_future(endpoint.recv(buffer, tag=HEADER_TAG))
 
-    async def _next_header(self, endpoint, buffer: np.ndarray, receive: asyncio.Future) -> Header:
+    async def _next_batch(self, endpoint, buffer: np.ndarray, receive: asyncio.Future) -> list[Header]:
         try:
             await asyncio.wait_for(receive, self.config.idle_timeout_s)
-            return decode_header(buffer)
+            return decode_headers(buffer)
         except (MalformedMessage, UCXMessageTruncatedError) as error:
-            logger.warning("refused malformed header, closing the connection: %s", error)
+            logger.warning("refused malformed header batch, closing the connection: %s", error)
             await self._send_ack(endpoint, Ack(0, AckStatus.MALFORMED, self.instance_id, f"malformed header: {error}"))
             raise _ConnectionClosed from error
         except TimeoutError:
@@ -150,7 +153,7 @@ class UCXKVReceiver:
             logger.info("KV payload failed, closing the connection: %s: %s", type(error).__name__, error)
             endpoint.abort()
 
-    async def _receive_data(self, endpoint, header: Header, window: asyncio.Semaphore) -> None:
+    async def _receive_payload(self, endpoint, header: Header, window: asyncio.Semaphore) -> None:
         try:
             refusal = self._layout_refusal(header)
             grant = None
@@ -159,19 +162,20 @@ class UCXKVReceiver:
                     grant = self.grants.begin_write(header)
                 except GrantRefused as error:
                     refusal = str(error)
+            else:
+                self.grants.note_refusal(header, refusal)
             if grant is None:
                 logger.warning("refused DATA for request %r layer %d: %s", header.request_id, header.layer, refusal)
                 await self._drain(endpoint, header)
-                await self._send_ack(endpoint, Ack(header.seq, AckStatus.REFUSED, self.instance_id, refusal))
                 return
             is_received = False
             try:
-                target = block_run_buffer(self.kv_cache, header.layer, header.first_block_id, header.num_blocks)
-                await asyncio.wait_for(endpoint.recv(target, tag=payload_tag(header.seq)), self.config.transfer_timeout_s)
+                target = self.regions.run(header.layer, header.first_block_id, header.num_blocks)
+                async with asyncio.timeout(self.config.transfer_timeout_s):
+                    await endpoint.recv(target, tag=payload_tag(header.seq))
                 is_received = True
             finally:
                 self.grants.end_write(grant, header, is_received)
-            await self._send_ack(endpoint, Ack(header.seq, AckStatus.OK, self.instance_id, ""))
         finally:
             window.release()
 
@@ -184,7 +188,8 @@ class UCXKVReceiver:
         if header.payload_nbytes > self._max_drain_nbytes:
             raise _ConnectionClosed(f"refused payload of {header.payload_nbytes} bytes exceeds one layer")
         scratch = np.empty(header.payload_nbytes, dtype=np.uint8)
-        await asyncio.wait_for(endpoint.recv(scratch, tag=payload_tag(header.seq)), self.config.transfer_timeout_s)
+        async with asyncio.timeout(self.config.transfer_timeout_s):
+            await endpoint.recv(scratch, tag=payload_tag(header.seq))
 
     def _finish(self, header: Header) -> Ack:
         refusal = self._layout_refusal(header)
@@ -207,5 +212,5 @@ class UCXKVReceiver:
 
     @staticmethod
     async def _send(endpoint, buffer: bytearray, tag: int, timeout: float) -> None:
-        await asyncio.wait_for(endpoint.send(np.frombuffer(buffer, dtype=np.uint8), tag=tag), timeout)
-
+        async with asyncio.timeout(timeout):
+            await endpoint.send(np.frombuffer(buffer, dtype=np.uint8), tag=tag)

@@ -74,14 +74,24 @@ def _describe_settings(options: dict[str, str]) -> str:
     return ", ".join(shown)
 
 
-def block_run_buffer(kv_cache: torch.Tensor, layer: int, first_block_id: int, num_blocks: int) -> object:
-    """A zero-copy byte view of blocks [first, first+num) of one layer, in a form ucxx accepts.
+class CacheRegions:
+    """Zero-copy byte views of block runs of a cache tensor, in a form ucxx accepts.
 
     kv_cache is [num_layers, num_blocks, 2, block_size, num_kv_heads, head_dim] and contiguous,
-    so the run is one region. CPU: a numpy view of the tensor's memory. CUDA: the tensor itself
-    (its __cuda_array_interface__ lets UCX read/write device memory with no host staging).
+    so a run of consecutive blocks of one layer is one region. CPU: numpy views of the tensor's
+    memory. CUDA: uint8 tensors whose __cuda_array_interface__ lets UCX read and write device
+    memory with no host staging. The per-layer views are built once: slicing them per message
+    is far cheaper than slicing the 6-d tensor.
     """
-    region = kv_cache[layer, first_block_id:first_block_id + num_blocks].reshape(-1).view(torch.uint8)
-    if region.is_cuda:
-        return region
-    return region.numpy()
+
+    def __init__(self, kv_cache: torch.Tensor) -> None:
+        if not kv_cache.is_contiguous():
+            raise ValueError("the KV cache tensor must be contiguous")
+        layers = kv_cache.view(kv_cache.shape[0], -1).view(torch.uint8)  # [num_layers, bytes per layer]
+        self._layers = layers if kv_cache.is_cuda else layers.numpy()
+        self.bytes_per_block = layers.shape[1] // kv_cache.shape[1]
+
+    def run(self, layer: int, first_block_id: int, num_blocks: int) -> object:
+        """The bytes of blocks [first, first + num) of `layer`."""
+        start = first_block_id * self.bytes_per_block
+        return self._layers[layer][start:start + num_blocks * self.bytes_per_block]

@@ -5,9 +5,9 @@ announces an instance id in its Hello and stamps it on every ack, so a restarted
 never written to through a stale endpoint (its old endpoint fails, the message is retried once on
 a fresh connection, and the new instance answers for itself). Each maximal run of blocks whose
 source and destination ids are both consecutive travels as ONE message straight from the cache
-tensor (a numpy view on CPU, device memory on CUDA: no copy, no host staging). Up to
-`max_inflight_messages` messages per connection are in flight; a header and its payload are
-posted back to back with no await between them, so concurrent requests never interleave a pair.
+tensor (a numpy view on CPU, device memory on CUDA: no copy, no host staging), on its own tag.
+Messages queued in the same loop turn are posted together (see `_flush`); up to
+`max_inflight_messages` per connection are in flight.
 """
 
 from __future__ import annotations
@@ -24,9 +24,10 @@ import ucxx
 from tandem.api.v1 import worker_pb2
 from tandem.kv.reservation import check_reservation, parse_address, split_runs
 from tandem.kv.transport import KVTransferConfig, KVTransferError, KVTransferRefused
-from tandem.kv.ucx_runtime import block_run_buffer, ensure_ucx
-from tandem.kv.wire import (ACK_NBYTES, ACK_TAG, HEADER_TAG, HELLO_NBYTES, HELLO_TAG, Ack, AckStatus, Header,
-                            MessageKind, WireLayout, decode_ack, decode_hello, encode_header, payload_tag)
+from tandem.kv.ucx_runtime import CacheRegions, ensure_ucx
+from tandem.kv.wire import (ACK_NBYTES, ACK_TAG, HEADER_TAG, HELLO_NBYTES, HELLO_TAG, MAX_HEADERS_PER_BATCH, Ack,
+                            AckStatus, Header, MessageKind, WireLayout, decode_ack, decode_hello, encode_headers,
+                            payload_tag)
 
 logger = logging.getLogger("tandem.kv.sender")
 
@@ -37,11 +38,11 @@ class _ConnectionLost(KVTransferError):
 
 @dataclasses.dataclass(slots=True, eq=False)
 class _Outgoing:
-    seq: int
-    header: np.ndarray
+    header: Header
     payload: object | None
-    ack_buffer: np.ndarray
-    # Set by _flush to the future of the message's posted transfers (header, payload, ack).
+    # COMMIT and ABORT wait for an ack; DATA is never acknowledged.
+    ack_buffer: np.ndarray | None
+    # Set by _flush to the future of everything posted for this message.
     posted: asyncio.Future
 
 
@@ -51,7 +52,7 @@ class _Connection:
     endpoint: object
     instance_id: bytes
     window: asyncio.Semaphore
-    pending: dict[int, asyncio.Future] = dataclasses.field(default_factory=dict)
+    pending_acks: dict[int, asyncio.Future] = dataclasses.field(default_factory=dict)
     outbox: list[_Outgoing] = dataclasses.field(default_factory=list)
     next_seq: int = 1
     error: BaseException | None = None
@@ -65,10 +66,9 @@ class UCXKVSender:
     """Sends layers of `kv_cache` blocks into reservations over UCX; use from one event loop."""
 
     def __init__(self, kv_cache: torch.Tensor, config: KVTransferConfig | None = None) -> None:
-        if not kv_cache.is_contiguous():
-            raise ValueError("the sender's KV cache tensor must be contiguous")
         self.kv_cache = kv_cache
         self.layout = WireLayout.of_tensor(kv_cache)
+        self.regions = CacheRegions(kv_cache)
         self.config = config or KVTransferConfig()
         self._connections: dict[str, _Connection] = {}
         self._connect_locks: dict[str, asyncio.Lock] = {}
@@ -76,15 +76,40 @@ class UCXKVSender:
 
     async def send_layer(self, reservation: worker_pb2.Reservation, layer: int,
                          src_block_ids: Sequence[int], dst_block_ids: Sequence[int] | None = None) -> int:
-        """Sends one layer's blocks (destination defaults to the non-cached reserved blocks); returns bytes."""
+        """Sends one layer's blocks (destination defaults to the non-cached reserved blocks); returns bytes.
+
+        Returns once every payload has left this cache (the source blocks may then be reused);
+        a refusal by the receiver is reported by `commit`.
+        """
+        return await (await self.post_layer(reservation, layer, src_block_ids, dst_block_ids))
+
+    async def post_layer(self, reservation: worker_pb2.Reservation, layer: int, src_block_ids: Sequence[int],
+                         dst_block_ids: Sequence[int] | None = None) -> asyncio.Future:
+        """Posts one layer's runs to UCX; returns a future of the bytes sent, done when they have left.
+
+        A COMMIT posted after this returns covers these runs (the receiver answers a commit only
+        after the payloads announced before it on the connection have landed), so a commit need
+        not wait for the payloads to complete first.
+        """
         if dst_block_ids is None:
             dst_block_ids = reservation.block_ids[reservation.num_cached_blocks:]
         runs = self._plan(reservation, layer, src_block_ids, dst_block_ids)
-        await asyncio.gather(*(self._send_run(reservation, layer, run) for run in runs))
-        return sum(count for _, _, count in runs) * self.layout.bytes_per_block
+        loop = asyncio.get_running_loop()
+        posted = [loop.create_future() for _ in runs]
+        sends = [asyncio.ensure_future(self._send_run(reservation, layer, run, signal))
+                 for run, signal in zip(runs, posted)]
+        for send, signal in zip(sends, posted):
+            send.add_done_callback(lambda _, signal=signal: signal.done() or signal.set_result(None))
+        if posted:
+            await asyncio.wait(posted)
+        return asyncio.ensure_future(self._bytes_sent(sends, sum(count for _, _, count in runs)))
+
+    async def _bytes_sent(self, sends: list[asyncio.Future], num_blocks: int) -> int:
+        await asyncio.gather(*sends)
+        return num_blocks * self.layout.bytes_per_block
 
     async def commit(self, reservation: worker_pb2.Reservation) -> None:
-        """Asks the receiver to complete the grant; raises KVTransferRefused if blocks are missing."""
+        """Asks the receiver to complete the grant; raises KVTransferRefused with its reason otherwise."""
         check_reservation(reservation, self.layout)
         await self._exchange(reservation.kv_address, self._header(reservation, MessageKind.COMMIT))
 
@@ -120,28 +145,29 @@ class UCXKVSender:
         return Header(kind, 0, reservation.token, reservation.request_id, layer, dst_first, num_blocks,
                       self.layout, num_blocks * self.layout.bytes_per_block)
 
-    async def _send_run(self, reservation: worker_pb2.Reservation, layer: int, run: tuple[int, int, int]) -> None:
+    async def _send_run(self, reservation: worker_pb2.Reservation, layer: int, run: tuple[int, int, int],
+                        posted: asyncio.Future) -> None:
         src_first, dst_first, num_blocks = run
         header = self._header(reservation, MessageKind.DATA, layer, dst_first, num_blocks)
-        payload = block_run_buffer(self.kv_cache, layer, src_first, num_blocks)
-        await self._exchange(reservation.kv_address, header, payload)
+        await self._exchange(reservation.kv_address, header, self.regions.run(layer, src_first, num_blocks), posted)
 
-    async def _exchange(self, address: str, header: Header, payload: object | None = None) -> Ack:
+    async def _exchange(self, address: str, header: Header, payload: object | None = None,
+                        posted: asyncio.Future | None = None) -> None:
         for attempt in range(2):
             connection, is_fresh = await self._connection(address)
             try:
-                ack = await self._post(connection, header, payload)
+                ack = await self._post(connection, header, payload, posted)
                 break
             except _ConnectionLost as error:
                 if is_fresh or attempt:
                     raise KVTransferError(f"KV connection to {address} lost: {error}") from error
                 logger.info("KV connection to %s lost (%s); retrying on a fresh one", address, error)
-        if ack.status is not AckStatus.OK:
+        if ack is not None and ack.status is not AckStatus.OK:
             raise KVTransferRefused(f"{address} refused {header.kind.name} of request {header.request_id!r}: "
                                     f"{ack.reason}")
-        return ack
 
-    async def _post(self, connection: _Connection, header: Header, payload: object | None) -> Ack:
+    async def _post(self, connection: _Connection, header: Header, payload: object | None,
+                    posted: asyncio.Future | None) -> Ack | None:
         timeout = self.config.transfer_timeout_s
         await connection.window.acquire()
         seq = connection.next_seq
@@ -150,21 +176,27 @@ class UCXKVSender:
                 raise _ConnectionLost(f"endpoint unusable: {connection.error or 'closed by the peer'}")
             connection.next_seq += 1
             loop = asyncio.get_running_loop()
-            ack_future = loop.create_future()
-            connection.pending[seq] = ack_future
-            message = _Outgoing(seq, np.frombuffer(encode_header(dataclasses.replace(header, seq=seq)), dtype=np.uint8),
-                                payload, np.zeros(ACK_NBYTES, dtype=np.uint8), loop.create_future())
+            is_control = header.kind is not MessageKind.DATA
+            if is_control:
+                connection.pending_acks[seq] = loop.create_future()
+            message = _Outgoing(dataclasses.replace(header, seq=seq), payload,
+                                np.zeros(ACK_NBYTES, dtype=np.uint8) if is_control else None, loop.create_future())
             connection.outbox.append(message)
             if len(connection.outbox) == 1:
                 loop.call_soon(self._flush, connection)
             try:
-                transfers = await message.posted
-                results = await asyncio.wait_for(transfers, timeout)
-                errors = [result for result in results if isinstance(result, BaseException)]
-                if errors:
-                    raise errors[0]
-                self._dispatch_ack(connection, message.ack_buffer)
-                return await asyncio.wait_for(asyncio.shield(ack_future), timeout)
+                async with asyncio.timeout(timeout):
+                    transfers = await message.posted
+                    if posted is not None and not posted.done():
+                        posted.set_result(None)
+                    results = await transfers
+                    errors = [result for result in results if isinstance(result, BaseException)]
+                    if errors:
+                        raise errors[0]
+                    if not is_control:
+                        return None
+                    self._dispatch_ack(connection, message.ack_buffer)
+                    return await asyncio.shield(connection.pending_acks[seq])
             except TimeoutError:
                 self._fail(connection, KVTransferError(f"no answer within {timeout} s"))
                 raise KVTransferError(f"KV message to {connection.address} timed out after {timeout} s") from None
@@ -174,18 +206,18 @@ class UCXKVSender:
                 self._fail(connection, error)
                 raise _ConnectionLost(f"{type(error).__name__}: {error}") from error
         finally:
-            future = connection.pending.pop(seq, None)
+            future = connection.pending_acks.pop(seq, None)
             if future is not None and future.done() and not future.cancelled():
                 future.exception()  # retrieved here so that an unawaited failure is not reported twice
             connection.window.release()
 
     def _flush(self, connection: _Connection) -> None:
-        """Posts every queued message: all headers first, then all payloads, then the ack receives.
+        """Posts every queued message: one header batch, then the payloads, then the ack receives.
 
-        Headers ahead of payload bytes reach the receiver before any bulk data can queue in front
-        of them on a stream transport (TCP), so it posts every payload receive at once. Each
-        payload has its own tag, so the pairing never depends on posting order; every message
-        posts one ack receive, and an ack may land in any of them (dispatched by seq).
+        Headers travel ahead of payload bytes, so the receiver posts all the payload receives of
+        a burst at once and no header queues behind bulk data on a stream transport (TCP). Each
+        payload has its own tag, so the pairing never depends on posting order. Each control
+        message posts one ack receive; an ack may land in any of them and is dispatched by seq.
         """
         batch, connection.outbox = connection.outbox, []
         if not connection.is_usable:
@@ -193,20 +225,25 @@ class UCXKVSender:
                 message.posted.set_exception(_ConnectionLost(f"endpoint unusable: {connection.error}"))
             return
         endpoint = connection.endpoint
-        headers = [asyncio.ensure_future(endpoint.send(message.header, tag=HEADER_TAG)) for message in batch]
-        payloads = [asyncio.ensure_future(endpoint.send(message.payload, tag=payload_tag(message.seq)))
-                    for message in batch if message.payload is not None]
-        acks = [asyncio.ensure_future(endpoint.recv(message.ack_buffer, tag=ACK_TAG)) for message in batch]
-        payload_of = iter(payloads)
-        for message, header, ack in zip(batch, headers, acks):
-            parts = [header, ack] if message.payload is None else [header, next(payload_of), ack]
-            message.posted.set_result(asyncio.gather(*parts, return_exceptions=True))
+        for start in range(0, len(batch), MAX_HEADERS_PER_BATCH):
+            chunk = batch[start:start + MAX_HEADERS_PER_BATCH]
+            headers = np.frombuffer(encode_headers([message.header for message in chunk]), dtype=np.uint8)
+            headers_sent = asyncio.ensure_future(endpoint.send(headers, tag=HEADER_TAG))
+            parts = {id(message): [headers_sent] for message in chunk}
+            for message in chunk:
+                if message.payload is not None:
+                    tag = payload_tag(message.header.seq)
+                    parts[id(message)].append(asyncio.ensure_future(endpoint.send(message.payload, tag=tag)))
+            for message in chunk:
+                if message.ack_buffer is not None:
+                    parts[id(message)].append(asyncio.ensure_future(endpoint.recv(message.ack_buffer, tag=ACK_TAG)))
+                message.posted.set_result(asyncio.gather(*parts[id(message)], return_exceptions=True))
 
     def _dispatch_ack(self, connection: _Connection, buffer: np.ndarray) -> None:
         ack = decode_ack(buffer)
         if ack.instance_id != connection.instance_id:
             raise KVTransferError("receiver instance changed under an open connection")
-        future = connection.pending.get(ack.seq)
+        future = connection.pending_acks.get(ack.seq)
         if future is None:
             raise KVTransferError(f"ack for unknown message {ack.seq}: {ack.status.name} {ack.reason}")
         if not future.done():
@@ -232,9 +269,10 @@ class UCXKVSender:
         ensure_ucx(self.config)
         timeout = self.config.connect_timeout_s
         try:
-            endpoint = await asyncio.wait_for(ucxx.create_endpoint(host, port, connect_timeout=timeout), timeout)
-            buffer = np.zeros(HELLO_NBYTES, dtype=np.uint8)
-            await asyncio.wait_for(endpoint.recv(buffer, tag=HELLO_TAG), timeout)
+            async with asyncio.timeout(timeout):
+                endpoint = await ucxx.create_endpoint(host, port, connect_timeout=timeout)
+                buffer = np.zeros(HELLO_NBYTES, dtype=np.uint8)
+                await endpoint.recv(buffer, tag=HELLO_TAG)
             hello = decode_hello(buffer)
         except Exception as error:
             raise KVTransferError(f"could not connect to the KV receiver at {address}: "
@@ -254,7 +292,7 @@ class UCXKVSender:
             return
         connection.error = error
         logger.info("dropping KV connection to %s: %s", connection.address, error)
-        for future in connection.pending.values():
+        for future in connection.pending_acks.values():
             if not future.done():
                 future.set_exception(_ConnectionLost(f"{type(error).__name__}: {error}"))
         if self._connections.get(connection.address) is connection:

@@ -1,10 +1,13 @@
-"""KV transfer framing: fixed-size binary headers, acknowledgements and the connection hello.
+"""KV transfer framing: batches of fixed-size headers, acknowledgements and the connection hello.
 
-Every message is a fixed-size header (on HEADER_TAG) followed, for DATA, by one payload (on
-payload_tag(seq)) that is the bytes of a run of consecutive blocks of one layer, straight from the
-sender's cache tensor into the receiver's. The receiver answers each header with an Ack (on
-ACK_TAG) that carries the header's sequence number. A CRC closes each fixed-size struct so that
-a short, long or corrupted message is refused as malformed rather than misread.
+A sender posts its queued messages together: ONE header batch (on HEADER_TAG) holding up to
+MAX_HEADERS_PER_BATCH fixed-size headers, then, for each DATA header, one payload on
+payload_tag(seq) that is the bytes of a run of consecutive blocks of one layer, straight from
+the sender's cache tensor into the receiver's. Batching keeps the receiver at one header receive
+per burst instead of one per run (each UCX operation costs far more in Python than a header's
+bytes). DATA is never acknowledged; COMMIT and ABORT each get one Ack (on ACK_TAG) carrying the
+header's sequence number, and a refused DATA is reported by the commit's answer. A CRC closes
+each batch, ack and hello so that a short, long or corrupted message is refused as malformed.
 """
 
 from __future__ import annotations
@@ -34,16 +37,20 @@ _PAYLOAD_TAG_BASE = 1 << 40
 DTYPE_CODES = {"float32": 1, "bfloat16": 2, "float16": 3}
 DTYPE_NAMES = {code: name for name, code in DTYPE_CODES.items()}
 
-# magic, version, kind, request_id length, seq, token, request_id, layer, first block id,
-# num_blocks, layout (num_layers, block_size, num_kv_heads, head_dim, dtype code), payload bytes.
-_HEADER = struct.Struct("<4sHBBQ16s64sIIIIIIIB3xQ")
+MAX_HEADERS_PER_BATCH = 64
+
+# magic, version, number of headers in the batch.
+_BATCH = struct.Struct("<4sHH")
+# kind, request_id length, seq, token, request_id, layer, first block id, num_blocks,
+# layout (num_layers, block_size, num_kv_heads, head_dim, dtype code), payload bytes.
+_HEADER = struct.Struct("<BBQ16s64sIIIIIIIB3xQ")
 # magic, seq, status, reason length, instance id, reason.
 _ACK = struct.Struct("<4sQBxH16s240s")
 # magic, version, instance id, layout (num_layers, num_blocks, block_size, heads, head_dim, dtype).
 _HELLO = struct.Struct("<4sH2x16sIIIIIB3x")
 _CRC = struct.Struct("<I")
 
-HEADER_NBYTES = _HEADER.size + _CRC.size
+MAX_BATCH_NBYTES = _BATCH.size + MAX_HEADERS_PER_BATCH * _HEADER.size + _CRC.size
 ACK_NBYTES = _ACK.size + _CRC.size
 HELLO_NBYTES = _HELLO.size + _CRC.size
 
@@ -152,27 +159,53 @@ def _unseal(buffer: bytes | bytearray | memoryview, size: int, what: str) -> byt
     return body
 
 
-def encode_header(header: Header) -> bytearray:
-    """Packs a header into HEADER_NBYTES bytes."""
+def encode_headers(headers: list[Header]) -> bytearray:
+    """Packs 1..MAX_HEADERS_PER_BATCH headers into one batch message."""
+    if not 1 <= len(headers) <= MAX_HEADERS_PER_BATCH:
+        raise ValueError(f"a header batch holds 1..{MAX_HEADERS_PER_BATCH} headers, got {len(headers)}")
+    return _seal(_BATCH.pack(MAGIC, VERSION, len(headers)) + b"".join(map(_pack_header, headers)))
+
+
+def _pack_header(header: Header) -> bytes:
     request_id = header.request_id.encode()
     if len(request_id) > MAX_REQUEST_ID_NBYTES:
         raise ValueError(f"request id is {len(request_id)} bytes; at most {MAX_REQUEST_ID_NBYTES} fit a header")
     if len(header.token) != TOKEN_NBYTES:
         raise ValueError(f"token must be {TOKEN_NBYTES} bytes, got {len(header.token)}")
     layout = header.layout
-    return _seal(_HEADER.pack(
-        MAGIC, VERSION, int(header.kind), len(request_id), header.seq, header.token, request_id,
-        header.layer, header.first_block_id, header.num_blocks, layout.num_layers, layout.block_size,
-        layout.num_kv_heads, layout.head_dim, DTYPE_CODES[layout.dtype_name], header.payload_nbytes))
+    return _HEADER.pack(
+        int(header.kind), len(request_id), header.seq, header.token, request_id, header.layer,
+        header.first_block_id, header.num_blocks, layout.num_layers, layout.block_size, layout.num_kv_heads,
+        layout.head_dim, DTYPE_CODES[layout.dtype_name], header.payload_nbytes)
 
 
-def decode_header(buffer: bytes | bytearray | memoryview) -> Header:
-    """Parses and self-checks a header; raises MalformedMessage with the reason."""
-    body = _unseal(buffer, _HEADER.size, "header")
-    (_, version, kind, request_id_len, seq, token, request_id, layer, first_block_id, num_blocks,
-     num_layers, block_size, num_kv_heads, head_dim, dtype_code, payload_nbytes) = _HEADER.unpack(body)
+def decode_headers(buffer: bytes | bytearray | memoryview) -> list[Header]:
+    """Parses and self-checks a batch received into a MAX_BATCH_NBYTES zeroed buffer.
+
+    Raises MalformedMessage with the reason. The bytes after the batch must be the buffer's
+    zeros: a message shorter than its announced count fails the checksum.
+    """
+    data = bytes(buffer)
+    if len(data) < _BATCH.size + _CRC.size:
+        raise MalformedMessage(f"header batch of {len(data)} bytes is too short")
+    magic, version, count = _BATCH.unpack_from(data)
+    if magic != MAGIC:
+        raise MalformedMessage(f"header batch has bad magic {magic!r}")
     if version != VERSION:
         raise MalformedMessage(f"header version {version} is not supported (expected {VERSION})")
+    if not 1 <= count <= MAX_HEADERS_PER_BATCH:
+        raise MalformedMessage(f"header batch announces {count} headers (1..{MAX_HEADERS_PER_BATCH} allowed)")
+    end = _BATCH.size + count * _HEADER.size
+    if len(data) < end + _CRC.size or any(data[end + _CRC.size:]):
+        raise MalformedMessage(f"header batch is not {end + _CRC.size} bytes long as its count says")
+    if zlib.crc32(data[:end]) != _CRC.unpack_from(data, end)[0]:
+        raise MalformedMessage("header batch checksum mismatch (short, long or corrupted message)")
+    return [_unpack_header(data, _BATCH.size + index * _HEADER.size) for index in range(count)]
+
+
+def _unpack_header(data: bytes, offset: int) -> Header:
+    (kind, request_id_len, seq, token, request_id, layer, first_block_id, num_blocks, num_layers, block_size,
+     num_kv_heads, head_dim, dtype_code, payload_nbytes) = _HEADER.unpack_from(data, offset)
     if kind not in MessageKind._value2member_map_:
         raise MalformedMessage(f"unknown message kind {kind}")
     if request_id_len > MAX_REQUEST_ID_NBYTES:

@@ -1,9 +1,10 @@
 """Difficulty routing policy: difficulty bands -> model tier, thinking, budgets and sampling.
 
-Pure: `parse_policy(dict)` validates a policy and `DifficultyPolicy.resolve(difficulty, tenant_id)`
+Pure: `parse_policy(dict)` validates a policy and `DifficultyPolicy.resolve(difficulty, tenant_name)`
 returns a `RoutingDecision` carrying its reason; only `load_policy(path)` reads a file (YAML).
-The router resolves the prompt-level difficulty before prefill, then `refine(decision, probe)`
-adjusts the decode-side budget once the prefill worker reports its hidden-state probe.
+The router resolves the prompt-level difficulty before prefill, then
+`refine_after_probe(decision, probe)` adjusts the decode-side budget once the prefill worker
+reports its hidden-state probe (the same decision object back when nothing changes).
 
 Policy document (see examples/policy.yaml):
     version: 1
@@ -12,7 +13,7 @@ Policy document (see examples/policy.yaml):
       - range: [0.0, 0.4]        # [low, high); the last band also includes 1.0
         tier: small              # model name (a pool of workers serving it)
         thinking: false
-        thinking_budget: 0       # tokens; must be 0 when thinking is off
+        thinking_budget: null    # tokens (>= 1) when thinking; null, 0 or absent when it is off
         answer_budget: 512       # tokens after thinking
         temperature: 0.0
         num_samples: 1           # parallel samples per request
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import enum
 import math
+import numbers
 import pathlib
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -56,7 +58,7 @@ class Band:
     high: float
     tier: str
     thinking: bool
-    thinking_budget: int
+    thinking_budget: int | None  # None exactly when thinking is off
     answer_budget: int
     temperature: float
     num_samples: int
@@ -69,12 +71,12 @@ class Band:
             raise ValueError(f"{where}: range must satisfy 0 <= low < high <= 1")
         if not self.tier:
             raise ValueError(f"{where}: tier must be a non-empty model name")
-        if self.thinking_budget < 0 or self.answer_budget < 0:
-            raise ValueError(f"{where}: budgets must be >= 0 (thinking_budget "
-                             f"{self.thinking_budget}, answer_budget {self.answer_budget})")
-        if self.answer_budget == 0:
-            raise ValueError(f"{where}: answer_budget must be > 0")
-        if not self.thinking and self.thinking_budget:
+        if self.answer_budget < 1:
+            raise ValueError(f"{where}: answer_budget must be >= 1, got {self.answer_budget}")
+        if self.thinking and (self.thinking_budget is None or self.thinking_budget < 1):
+            raise ValueError(f"{where}: thinking is on, so thinking_budget must be >= 1 "
+                             f"(got {self.thinking_budget!r})")
+        if not self.thinking and self.thinking_budget is not None:
             raise ValueError(f"{where}: thinking_budget is {self.thinking_budget} but thinking is off")
         if not math.isfinite(self.temperature) or self.temperature < 0:
             raise ValueError(f"{where}: temperature must be a finite number >= 0")
@@ -96,10 +98,10 @@ class RoutingDecision:
     """The tier, thinking mode, budgets and sampling chosen for one request, and why."""
 
     difficulty: float
-    tenant_id: str | None
+    tenant_name: str | None
     tier: str
     thinking: bool
-    thinking_budget: int
+    thinking_budget: int | None  # None when thinking is off
     answer_budget: int
     temperature: float
     num_samples: int
@@ -116,43 +118,45 @@ class DifficultyPolicy:
     tenant_bands: Mapping[str, tuple[Band, ...]]
     probe_weight: float
 
-    def bands_for(self, tenant_id: str | None) -> tuple[Band, ...]:
+    def bands_for(self, tenant_name: str | None) -> tuple[Band, ...]:
         """The tenant's bands, or the default ones for an unknown or absent tenant."""
-        return self.tenant_bands.get(tenant_id, self.bands) if tenant_id else self.bands
+        return self.tenant_bands.get(tenant_name, self.bands) if tenant_name else self.bands
 
-    def resolve(self, difficulty: float, tenant_id: str | None = None) -> RoutingDecision:
+    def resolve(self, difficulty: float, tenant_name: str | None = None) -> RoutingDecision:
         """The decision for a request of this difficulty from this tenant."""
         difficulty = _check_difficulty(difficulty, "difficulty")
-        bands = self.bands_for(tenant_id)
+        bands = self.bands_for(tenant_name)
         index = next(i for i, band in enumerate(bands) if band.contains(difficulty))
-        return _decision(bands[index], difficulty, tenant_id,
+        return _decision(bands[index], difficulty, tenant_name,
                          f"difficulty {difficulty:.3f} in band {index} {_label(bands[index])} of "
-                         f"{_owner(self, tenant_id)} policy")
+                         f"{_owner(self, tenant_name)} policy")
 
-    def refine(self, decision: RoutingDecision, probe_difficulty: float) -> RoutingDecision:
-        """Decode-side decision after the prefill probe; the tier and thinking mode stay fixed.
+    def refine_after_probe(self, decision: RoutingDecision,
+                           probe_difficulty: float) -> RoutingDecision:
+        """Decode-side decision after the prefill probe: `decision` itself when nothing changes.
 
         The refined difficulty blends the prompt estimate and the probe with `probe_weight`. The
         request keeps its tier (its KV cache is already in that model's decode pool) and its
-        thinking mode (the prompt was prefilled with it); budgets, temperature and sampling come
-        from the band of the refined difficulty among the bands of that tier (the nearest one if
-        the refined difficulty lies in another tier's band). A band without thinking sets the
-        thinking budget to 0, which makes the decode worker close the thinking section at once.
+        thinking mode (the prompt was prefilled with it), so only the bands of that tier and
+        thinking mode are candidates: budgets, temperature and sampling come from the one that
+        holds the refined difficulty, or the nearest one.
         """
         probe = _check_difficulty(probe_difficulty, "probe_difficulty")
         refined = (1.0 - self.probe_weight) * decision.difficulty + self.probe_weight * probe
-        bands = self.bands_for(decision.tenant_id)
-        same_tier = [(i, b) for i, b in enumerate(bands) if b.tier == decision.tier]
-        if not same_tier:
-            raise ValueError(f"tier {decision.tier!r} is not in the {_owner(self, decision.tenant_id)} "
-                             "policy; a decision can only be refined by the policy that made it")
-        index, band = min(same_tier, key=lambda item: _distance(item[1], refined))
-        thinking_budget = band.thinking_budget if decision.thinking and band.thinking else 0
+        bands = self.bands_for(decision.tenant_name)
+        candidates = [(i, b) for i, b in enumerate(bands)
+                      if b.tier == decision.tier and b.thinking == decision.thinking]
+        if not candidates:
+            raise ValueError(f"no band of the {_owner(self, decision.tenant_name)} policy has tier "
+                             f"{decision.tier!r} and thinking {decision.thinking}; a decision can "
+                             "only be refined by the policy that made it")
+        index, band = min(candidates, key=lambda item: _distance(item[1], refined))
+        if _same_settings(band, decision):
+            return decision
         reason = (f"refined difficulty {refined:.3f} (prompt {decision.difficulty:.3f}, probe "
                   f"{probe:.3f}, weight {self.probe_weight}) -> band {index} {_label(band)}, "
-                  f"tier {decision.tier} kept")
-        return replace(_decision(band, refined, decision.tenant_id, reason), tier=decision.tier,
-                       thinking=decision.thinking, thinking_budget=thinking_budget)
+                  f"tier {decision.tier} and thinking {decision.thinking} kept")
+        return _decision(band, refined, decision.tenant_name, reason)
 
 
 def parse_policy(document: Any) -> DifficultyPolicy:
@@ -167,8 +171,8 @@ def parse_policy(document: Any) -> DifficultyPolicy:
         raise ValueError("policy: 'bands' is required")
     bands = _parse_bands(top["bands"], "policy.bands")
     tenants = _mapping(top.get("tenants", {}), "policy.tenants", None)
-    tenant_bands = {str(tenant_id): _parse_tenant(spec, bands, f"policy.tenants.{tenant_id}")
-                    for tenant_id, spec in tenants.items()}
+    tenant_bands = {str(tenant_name): _parse_tenant(spec, bands, f"policy.tenants.{tenant_name}")
+                    for tenant_name, spec in tenants.items()}
     return DifficultyPolicy(bands, tenant_bands, probe_weight)
 
 
@@ -198,8 +202,8 @@ def _parse_tenant(spec: Any, default: tuple[Band, ...], where: str) -> tuple[Ban
             raise ValueError(f"{where}.tier_map.{source}: expected a model name, got {target!r}")
     caps = _mapping(tenant.get("caps", {}), f"{where}.caps", _CAP_KEYS)
     limits = {key: _integer(value, f"{where}.caps.{key}") for key, value in caps.items()}
-    if limits.get("max_answer_budget") == 0 or limits.get("max_num_samples") == 0:
-        raise ValueError(f"{where}.caps: max_answer_budget and max_num_samples must be > 0")
+    if 0 in limits.values():
+        raise ValueError(f"{where}.caps: every cap must be >= 1, got {limits}")
     return tuple(_apply_overrides(band, tier_map, limits) for band in bands)
 
 
@@ -207,10 +211,11 @@ def _apply_overrides(band: Band, tier_map: Mapping[str, str], limits: Mapping[st
     num_samples = min(band.num_samples, limits.get("max_num_samples", band.num_samples))
     majority_m = min(band.majority_m, num_samples)
     selection = band.selection if num_samples > 1 else SelectionRule.FIRST_FINISHED
+    thinking_budget = band.thinking_budget
+    if thinking_budget is not None:
+        thinking_budget = min(thinking_budget, limits.get("max_thinking_budget", thinking_budget))
     return replace(
-        band, tier=tier_map.get(band.tier, band.tier),
-        thinking_budget=min(band.thinking_budget,
-                            limits.get("max_thinking_budget", band.thinking_budget)),
+        band, tier=tier_map.get(band.tier, band.tier), thinking_budget=thinking_budget,
         answer_budget=min(band.answer_budget, limits.get("max_answer_budget", band.answer_budget)),
         num_samples=num_samples, selection=selection,
         majority_m=1 if selection is SelectionRule.FIRST_FINISHED else majority_m)
@@ -236,7 +241,7 @@ def _parse_bands(raw: Any, where: str) -> tuple[Band, ...]:
 
 def _parse_band(raw: Any, where: str) -> Band:
     band = _mapping(raw, where, _BAND_KEYS)
-    missing = sorted(_BAND_KEYS - {"majority_m"} - set(band))
+    missing = sorted(_BAND_KEYS - {"majority_m", "thinking_budget"} - set(band))
     if missing:
         raise ValueError(f"{where}: missing keys {missing}")
     bounds = band["range"]
@@ -257,7 +262,7 @@ def _parse_band(raw: Any, where: str) -> Band:
     values = dict(
         low=_number(bounds[0], f"{where}.range[0]"), high=_number(bounds[1], f"{where}.range[1]"),
         tier=band["tier"], thinking=band["thinking"],
-        thinking_budget=_integer(band["thinking_budget"], f"{where}.thinking_budget"),
+        thinking_budget=_thinking_budget(band, where),
         answer_budget=_integer(band["answer_budget"], f"{where}.answer_budget"),
         temperature=_number(band["temperature"], f"{where}.temperature"),
         num_samples=_integer(band["num_samples"], f"{where}.num_samples"),
@@ -291,14 +296,34 @@ def _integer(value: Any, where: str) -> int:
     return value
 
 
+def _thinking_budget(band: dict[str, Any], where: str) -> int | None:
+    # Without thinking, the budget may be left out, null or 0: all mean "no thinking section".
+    value = band.get("thinking_budget")
+    if band["thinking"] is True:
+        if value is None:
+            raise ValueError(f"{where}: thinking is on, so thinking_budget (>= 1) is required")
+        return _integer(value, f"{where}.thinking_budget")
+    if value is None or (_integer(value, f"{where}.thinking_budget") == 0):
+        return None
+    raise ValueError(f"{where}: thinking_budget is {value} but thinking is off")
+
+
 def _check_difficulty(value: float, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= value <= 1.0:
         raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
     return float(value)
 
 
-def _decision(band: Band, difficulty: float, tenant_id: str | None, reason: str) -> RoutingDecision:
-    return RoutingDecision(difficulty, tenant_id, band.tier, band.thinking, band.thinking_budget,
+def _same_settings(band: Band, decision: RoutingDecision) -> bool:
+    return (band.tier, band.thinking, band.thinking_budget, band.answer_budget, band.temperature,
+            band.num_samples, band.selection, band.majority_m) == (
+        decision.tier, decision.thinking, decision.thinking_budget, decision.answer_budget,
+        decision.temperature, decision.num_samples, decision.selection, decision.majority_m)
+
+
+def _decision(band: Band, difficulty: float, tenant_name: str | None,
+              reason: str) -> RoutingDecision:
+    return RoutingDecision(difficulty, tenant_name, band.tier, band.thinking, band.thinking_budget,
                            band.answer_budget, band.temperature, band.num_samples, band.selection,
                            band.majority_m, reason)
 
@@ -312,5 +337,5 @@ def _label(band: Band) -> str:
     return f"[{band.low:g}, {band.high:g})"
 
 
-def _owner(policy: DifficultyPolicy, tenant_id: str | None) -> str:
-    return f"tenant {tenant_id!r}" if tenant_id in policy.tenant_bands else "the default"
+def _owner(policy: DifficultyPolicy, tenant_name: str | None) -> str:
+    return f"tenant {tenant_name!r}" if tenant_name in policy.tenant_bands else "the default"

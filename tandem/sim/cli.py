@@ -63,7 +63,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     scale.add_argument("--provision-delay", type=float, default=120.0)
     scale.add_argument("--min-machines", type=int, default=1)
     scale.add_argument("--max-machines", type=int, default=64)
-    scale.add_argument("--utilization-target", type=float, default=0.7)
+    scale.add_argument("--utilization-target", type=float, default=0.7,
+                       help="utilisation policy: target busy share of each pool")
+    scale.add_argument("--prefill-capacity-fraction", type=float, default=0.8,
+                       help="phase policy: share of a prefill machine's peak throughput to plan on")
     costs = parser.add_argument_group("SLOs, cost and power")
     costs.add_argument("--slo-reference-gpu", default="A100",
                        help="slowdowns are against this machine type, unloaded")
@@ -112,7 +115,8 @@ def build_config(args: argparse.Namespace) -> SimConfig:
         autoscale=AutoscaleMode(args.autoscale),
         autoscale_interval_s=args.autoscale_interval, provision_delay_s=args.provision_delay,
         min_machines=args.min_machines, max_machines=args.max_machines,
-        utilization_target=args.utilization_target, reference_gpu=args.slo_reference_gpu,
+        utilization_target=args.utilization_target,
+        prefill_capacity_fraction=args.prefill_capacity_fraction, reference_gpu=args.slo_reference_gpu,
         gpu_cost_per_hour=_parse_costs(args.gpu_cost), idle_power_fraction=args.idle_power_fraction,
         perf_csv=args.perf_csv, decode_timing=DecodeTiming(args.decode_timing))
 

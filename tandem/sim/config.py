@@ -82,6 +82,8 @@ class SimConfig:
     scale_up_stabilization_s: float = 0.0
     scale_down_stabilization_s: float = 300.0
     utilization_target: float = 0.7          # the utilisation baseline's threshold
+    prefill_capacity_fraction: float = 0.8   # phase policy: share of a prefill machine's peak
+                                             # prompt throughput it plans to use at the SLO
     slo: SloSpec = field(default_factory=SloSpec)
     reference_gpu: str = "A100"              # slowdowns are against an unloaded machine of this type
     gpu_cost_per_hour: dict[str, float] = field(default_factory=dict)  # $ per GPU-hour, by GPU name
@@ -114,6 +116,9 @@ class SimConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0.0 <= self.kv_overlap < 1.0:
             raise ValueError(f"kv_overlap must be in [0, 1), got {self.kv_overlap}")
+        for name in ("utilization_target", "prefill_capacity_fraction"):
+            if not 0.0 < getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in (0, 1], got {getattr(self, name)}")
         if not 0.0 <= self.idle_power_fraction <= 1.0:
             raise ValueError(f"idle_power_fraction must be in [0, 1], got {self.idle_power_fraction}")
         unknown = set(self.gpu_cost_per_hour) - set(GPU_TYPES)

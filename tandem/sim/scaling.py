@@ -28,30 +28,22 @@ if TYPE_CHECKING:
 class SloTargets:
     """The slowdown SLOs as absolute targets for the autoscalers, and the trace's mean sizes."""
 
-    ttft_s: float             # queued prompts drain within this; observed TTFT P90 must stay under
-    itl_s: float              # observed inter-token P90 must stay under this
-    batch_itl_s: float        # a decode replica's batch is sized to iterate within this
+    ttft_s: float   # queued prompts drain within this; observed TTFT P90 must stay under it
+    itl_s: float    # decode batches iterate within this; observed inter-token P90 stays under it
     mean_prompt_tokens: float
     mean_context_tokens: float
 
 
 def slo_targets(config: SimConfig, trace: Trace, reference: PerfModel) -> SloTargets:
-    """The P90 slowdown limits applied to the P90 request on an unloaded reference machine (the
-    policies watch P90 latencies), and the P50 limit of time between tokens applied to the median
-    request for the decode batch (the tightest of the TBT limits on the Azure trace)."""
-    from tandem.sim.metrics import unloaded
-
-    levels = np.array([50.0, 90.0])
-    prompts = np.percentile(trace.prompt_tokens, levels)
-    contexts = np.percentile(trace.prompt_tokens + trace.output_tokens / 2.0, levels)
-    ttft_ref, _, _ = unloaded(reference, prompts, np.full(2, 2))
-    itl_ref = [reference.decode_time(1, c) for c in contexts]
-    prompt = trace.prompt_tokens
-    return SloTargets(ttft_s=config.slo.ttft[1] * float(ttft_ref[1]),
-                      itl_s=config.slo.tbt[1] * itl_ref[1],
-                      batch_itl_s=min(config.slo.tbt[0] * itl_ref[0], config.slo.tbt[1] * itl_ref[1]) if not __import__("os").environ.get("BI") else config.slo.tbt[1] * itl_ref[0],
-                      mean_prompt_tokens=float(prompt.mean()),
-                      mean_context_tokens=float(prompt.mean() + trace.output_tokens.mean() / 2))
+    """The P90 slowdown limits (the policies watch P90 latencies) applied on an unloaded reference
+    machine to the trace's P90 prompt (TTFT) and to its mean context (time between tokens)."""
+    prompt, output = trace.prompt_tokens, trace.output_tokens
+    # Unloaded, a request's first token comes after exactly its prefill.
+    ttft_ref = reference.prefill_time(float(np.percentile(prompt, 90)))
+    mean_context = float(prompt.mean() + output.mean() / 2)
+    return SloTargets(ttft_s=config.slo.ttft[1] * ttft_ref,
+                      itl_s=config.slo.tbt[1] * reference.decode_time(1, mean_context),
+                      mean_prompt_tokens=float(prompt.mean()), mean_context_tokens=mean_context)
 
 
 def autoscaling_config(config: SimConfig, pool: Pool,
@@ -59,13 +51,15 @@ def autoscaling_config(config: SimConfig, pool: Pool,
     """The policy settings of one pool, with its capacity at the SLO read off the perf model."""
     perf = pool.perf
     # Prefill throughput at the iteration size the trace produces: full token budgets, or one
-    # prompt per iteration when prompts are longer than the budget (attention grows with length).
+    # prompt per iteration when prompts are longer than the budget (attention grows with length);
+    # at the SLO a replica runs below its peak, or short prompts queue behind bursts.
     iteration_tokens = max(config.max_batch_tokens, targets.mean_prompt_tokens)
-    per_replica_tokens_s = iteration_tokens / perf.prefill_time(iteration_tokens) * float(__import__("os").environ.get("PF", "1"))
+    peak_tokens_s = iteration_tokens / perf.prefill_time(iteration_tokens)
+    per_replica_tokens_s = config.prefill_capacity_fraction * peak_tokens_s
     context = targets.mean_context_tokens
     max_seqs = 1
     while (max_seqs < config.max_batch_size and
-           perf.decode_time(max_seqs + 1, (max_seqs + 1) * context) <= targets.batch_itl_s):
+           perf.decode_time(max_seqs + 1, (max_seqs + 1) * context) <= targets.itl_s):
         max_seqs += 1
     return autoscaling.AutoscalingConfig(
         min_replicas=config.min_machines, max_replicas=config.max_machines,

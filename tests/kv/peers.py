@@ -181,23 +181,28 @@ async def _stream(sender, reservation, src_block_ids, num_prompt_tokens: int, ch
     return result.num_bytes, result.exposed_seconds, sender.kv_cache.clone()
 
 
-async def _raw_message(address: str, header_bytes: bytes, payload_nbytes: int):
-    """Opens a bare ucxx endpoint, reads the hello, sends a hand-made header (and payload); returns the ack."""
+async def _raw_message(address: str, batch_bytes: bytes, payload_nbytes: int):
+    """Opens a bare ucxx endpoint, reads the hello, sends a hand-made header batch (and payload).
+
+    Returns the ack when the receiver answers one (malformed batches, COMMIT, ABORT), else "sent".
+    """
     import numpy as np
     import ucxx
 
     from tandem.kv import KVTransferConfig, ensure_ucx
     from tandem.kv.reservation import parse_address
-    from tandem.kv.wire import (ACK_NBYTES, ACK_TAG, HEADER_TAG, HELLO_NBYTES, HELLO_TAG, decode_ack, decode_header,
+    from tandem.kv.wire import (ACK_NBYTES, ACK_TAG, HEADER_TAG, HELLO_NBYTES, HELLO_TAG, decode_ack, decode_headers,
                                 payload_tag)
 
     ensure_ucx(KVTransferConfig())
     endpoint = await asyncio.wait_for(ucxx.create_endpoint(*parse_address(address)), 5)
     await asyncio.wait_for(endpoint.recv(np.zeros(HELLO_NBYTES, dtype=np.uint8), tag=HELLO_TAG), 5)
-    await asyncio.wait_for(endpoint.send(np.frombuffer(header_bytes, dtype=np.uint8), tag=HEADER_TAG), 5)
+    await asyncio.wait_for(endpoint.send(np.frombuffer(batch_bytes, dtype=np.uint8), tag=HEADER_TAG), 5)
     if payload_nbytes:
-        tag = payload_tag(decode_header(header_bytes).seq)
+        tag = payload_tag(decode_headers(batch_bytes)[0].seq)
         await asyncio.wait_for(endpoint.send(np.full(payload_nbytes, 7, dtype=np.uint8), tag=tag), 5)
+        endpoint.abort()
+        return "sent"
     buffer = np.zeros(ACK_NBYTES, dtype=np.uint8)
     await asyncio.wait_for(endpoint.recv(buffer, tag=ACK_TAG), 5)
     endpoint.abort()
@@ -209,13 +214,13 @@ async def _post_header_without_payload(sender, reservation, layer: int) -> str:
     """Announces a DATA run on the sender's own connection but never sends its payload."""
     import numpy as np
 
-    from tandem.kv.wire import HEADER_TAG, Header, MessageKind, encode_header
+    from tandem.kv.wire import HEADER_TAG, Header, MessageKind, encode_headers
 
     connection, _ = await sender._connection(reservation.kv_address)
     header = Header(MessageKind.DATA, 10_000, reservation.token, reservation.request_id, layer,
                     reservation.block_ids[reservation.num_cached_blocks], 1, sender.layout,
                     sender.layout.bytes_per_block)
-    await asyncio.wait_for(connection.endpoint.send(np.frombuffer(encode_header(header), dtype=np.uint8),
+    await asyncio.wait_for(connection.endpoint.send(np.frombuffer(encode_headers([header]), dtype=np.uint8),
                                                     tag=HEADER_TAG), 5)
     return "header-posted"
 

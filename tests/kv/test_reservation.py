@@ -9,7 +9,7 @@ from tandem.kv.grants import GrantTable
 from tandem.kv.reservation import (check_reservation, layout_from_proto, make_reservation, parse_address,
                                    split_runs)
 from tandem.kv.transport import KVTransferConfig
-from tandem.kv.ucx_runtime import block_run_buffer
+from tandem.kv.ucx_runtime import CacheRegions
 from tandem.kv.wire import WireLayout
 
 LAYOUT = WireLayout(num_layers=2, block_size=4, num_kv_heads=1, head_dim=2, dtype_name="float16")
@@ -47,13 +47,15 @@ def test_addresses_parse():
     assert parse_address("[::1]:80") == ("::1", 80)
 
 
-def test_block_run_buffer_is_a_zero_copy_view_of_the_run():
+def test_cache_regions_are_zero_copy_views_of_block_runs():
     cache = torch.zeros(2, 8, 2, 4, 1, 2, dtype=torch.float16)
-    view = block_run_buffer(cache, 1, 3, 2)
+    view = CacheRegions(cache).run(1, 3, 2)
     assert view.nbytes == 2 * LAYOUT.bytes_per_block
     view[:] = 0xFF
     touched = (cache != 0).flatten(2).any(dim=2)  # [layers, blocks]
     assert touched.nonzero().tolist() == [[1, 3], [1, 4]]
+    with pytest.raises(ValueError, match="contiguous"):
+        CacheRegions(cache.transpose(0, 1))
 
 
 @pytest.mark.parametrize("field, value", [("connect_timeout_s", 0), ("transfer_timeout_s", -1),

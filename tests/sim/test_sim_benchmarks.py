@@ -37,7 +37,7 @@ def test_splitwise_benchmark_quick():
 def test_autoscaling_benchmark_quick():
     result = _run("simulate_autoscaling.py")
     policies = {r["policy"]: r for r in result["policies"]}
-    assert set(policies) == {"static", "utilization", "phase"}
+    assert set(policies) == {"static", "static-at-phase-peak", "utilization", "phase"}
     assert policies["static"]["num_scaling_actions"] == 0
     assert policies["static"]["slo_met"] is True  # static is sized to meet the SLOs
     assert all(r["gpu_hours"] > 0 for r in policies.values())

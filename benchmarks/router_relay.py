@@ -1,0 +1,164 @@
+"""Parts 2 and 3 of the router benchmark: tokens/s one router relays, and where its CPU goes.
+
+For each chunk size, synthetic decode workers (router_token_source.py) feed a router under a
+sustained load. Window 0 is unprofiled and gives the relay capacity (tokens per router CPU-second);
+at 1 token per chunk the same router then runs a stack-sampled window, a cProfile window and a
+stack-sampled window of one-token requests (the per-request cost). The bare relay
+(router_bare_relay.py) on the same sources gives the floor of a Python grpc.aio relay. Real
+tiny-model decode workers give the same figures where the engine, not the router, is the limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from pathlib import Path
+
+from router_hotspots import summarize_pstats, summarize_samples
+from router_load import RouterTarget, SustainedResult, sustained
+from router_perf import start_perf, stop_perf, summarize_perf
+from router_profile import request_window
+from router_setup import (READY_TIMEOUT_S, Settings, address, bare_relay_command, cluster_config,
+                          router_command, start_process, subfolder, token_source_command)
+
+from tandem.local_cluster import LocalCluster
+from tandem.serving.process_group import ChildProcess, stop_children, wait_ready
+
+GOAL_TOKENS_PER_S = 20_000
+# The profiled router's windows after the unprofiled one: (profiler, requests' max_tokens or None
+# for the relay's). Indices in this plan name the files router_profile writes.
+PROFILE_PLAN = (("sample", None), ("cprofile", None), ("sample", 1))
+
+
+def relay_part(model_dir: Path, run_dir: Path, settings: Settings, prompts: list[list[int]],
+               real: dict | None, use_perf: bool) -> tuple[dict, dict]:
+    """Relay capacity for each chunk size and for real workers (unless given), and the profile."""
+    token_sources, profile = [], {}
+    for tokens_per_chunk in settings.tokens_per_chunk:
+        is_profiled = tokens_per_chunk == 1
+        relay, run_profile = _token_source_run(model_dir, run_dir, settings, prompts, tokens_per_chunk,
+                                               is_profiled, use_perf and is_profiled)
+        token_sources.append(relay)
+        profile = run_profile or profile
+    if real is None:
+        with LocalCluster(cluster_config(model_dir, settings.num_real_workers),
+                          subfolder(run_dir, "relay-cluster")) as cluster:
+            real = real_worker_relay(cluster, settings, prompts)
+    headline = next(r for r in token_sources if r["tokens_per_chunk"] == 1)
+    capacity = {"tokens_per_router_cpu_s": headline["router"]["tokens_per_router_cpu_s"],
+                "raw_tokens_per_s": headline["router"]["tokens_per_s"],
+                "goal_tokens_per_s": GOAL_TOKENS_PER_S,
+                "by_tokens_per_chunk": token_sources, "real_decode_workers": real}
+    return capacity, profile
+
+
+def real_worker_relay(cluster: LocalCluster, settings: Settings, prompts: list[list[int]]) -> dict:
+    """Sustained load through a cluster's router onto its real decode workers."""
+    pids = {"router": [cluster.router.process.pid],
+            "decode_workers": [child.process.pid for child in cluster.decode]}
+    windows = asyncio.run(_windows(cluster.grpc_address, settings, prompts, pids, settings.relay_max_tokens))
+    return {"num_decode_workers": len(cluster.decode), **windows[0].as_dict()}
+
+
+def _token_source_run(model_dir: Path, run_dir: Path, settings: Settings, prompts: list[list[int]],
+                      tokens_per_chunk: int, is_profiled: bool, use_perf: bool) -> tuple[dict, dict]:
+    sources = [start_process(f"token-source-{tokens_per_chunk}-{i}",
+                             token_source_command(model_dir, tokens_per_chunk), run_dir)
+               for i in range(settings.num_token_sources)]
+    try:
+        wait_ready(sources, READY_TIMEOUT_S)
+        addresses = [address(s) for s in sources]
+        source_pids = {"token_sources": [s.process.pid for s in sources]}
+        profile_dir = subfolder(run_dir, f"profiles-{tokens_per_chunk}") if is_profiled else None
+        plan = tuple(kind for kind, _ in PROFILE_PLAN) if is_profiled else ()
+        router = start_process(f"router-tpc{tokens_per_chunk}",
+                               router_command(model_dir, addresses, profile_dir, plan), run_dir)
+        with _running(router):
+            windows = _router_windows(router, settings, prompts, source_pids, profile_dir, use_perf)
+        bare = start_process(f"bare-relay-tpc{tokens_per_chunk}", bare_relay_command(addresses), run_dir)
+        with _running(bare):
+            floor = asyncio.run(_windows(address(bare), settings, prompts,
+                                         {"router": [bare.process.pid], **source_pids},
+                                         settings.relay_max_tokens))[0]
+    finally:
+        stop_children(sources)
+    relay = {"tokens_per_chunk": tokens_per_chunk, "num_token_sources": settings.num_token_sources,
+             "router": windows[0].as_dict(), "bare_grpc_aio_relay": floor.as_dict()}
+    relay["router_over_bare_cpu_per_token"] = round(
+        relay["router"]["router_cpu_us_per_token"] / relay["bare_grpc_aio_relay"]["router_cpu_us_per_token"], 2)
+    if not is_profiled:
+        return relay, {}
+    profile = _profile_report(profile_dir, windows)
+    if use_perf:
+        profile["perf_native_per_token"] = summarize_perf(profile_dir / "perf.data",
+                                                          relay["router"]["router_cpu_us_per_token"])
+    return relay, profile
+
+
+def _router_windows(router: ChildProcess, settings: Settings, prompts: list[list[int]],
+                    source_pids: dict, profile_dir: Path | None, use_perf: bool) -> list[SustainedResult]:
+    """Window 0 unprofiled (perf, if asked, samples it natively); then the profile plan's windows."""
+    pid = router.process.pid
+    pids = {"router": [pid], **source_pids}
+    perf = []
+
+    def on_unprofiled_window(_, is_open: bool) -> None:
+        if use_perf and is_open:
+            perf.append(start_perf(pid, profile_dir / "perf.data"))
+        elif perf:
+            stop_perf(perf.pop())
+
+    windows = asyncio.run(_windows(address(router), settings, prompts, pids, settings.relay_max_tokens,
+                                   on_unprofiled_window))
+    if profile_dir is None:
+        return windows
+    for index, (kind, max_tokens) in enumerate(PROFILE_PLAN):
+        windows += asyncio.run(_windows(
+            address(router), settings, prompts, pids, max_tokens or settings.relay_max_tokens,
+            lambda _, is_open, index=index: request_window(profile_dir, pid, index, is_open)))
+        suffix = "json" if kind == "sample" else "pstats"
+        _wait_for_file(profile_dir / f"window-{index}.{suffix}", router)
+    return windows
+
+
+async def _windows(router_address: str, settings: Settings, prompts: list[list[int]],
+                   pids: dict[str, list[int]], max_tokens: int, on_window=None) -> list[SustainedResult]:
+    target = RouterTarget(router_address)
+    try:
+        return await sustained(target, prompts, max_tokens, settings.relay_streams, settings.warmup_s,
+                               settings.window_s, pids, on_window=on_window)
+    finally:
+        await target.channel.close()
+
+
+def _profile_report(profile_dir: Path, windows: list[SustainedResult]) -> dict:
+    sampled, profiled, per_request = windows[1:4]
+    cprofile = summarize_pstats(profile_dir / "window-1.pstats", profiled.num_tokens)
+    cprofile["router_cpu_us_per_token_under_cprofile"] = profiled.as_dict()["router_cpu_us_per_token"]
+    return {
+        "stack_samples_per_token": summarize_samples(profile_dir / "window-0.json", sampled.num_tokens,
+                                                     sampled.cpu_s["router"]),
+        "cprofile_per_token": cprofile,
+        "stack_samples_per_request": summarize_samples(
+            profile_dir / "window-2.json", per_request.num_streams_finished, per_request.cpu_s["router"],
+            unit="request"),
+    }
+
+
+@contextlib.contextmanager
+def _running(child: ChildProcess):
+    """Waits until a started child is ready; stops it at the end of the block."""
+    try:
+        wait_ready([child], READY_TIMEOUT_S)
+        yield child
+    finally:
+        stop_children([child])
+
+
+def _wait_for_file(path: Path, child: ChildProcess, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not path.exists():
+        if not child.is_alive or time.monotonic() > deadline:
+            raise RuntimeError(f"the profiled router wrote no {path.name}; see {child.log_path}")
+        time.sleep(0.1)

@@ -1,0 +1,118 @@
+"""`tandem difficulty`: train and evaluate difficulty estimators on RouteLLM-format CSVs.
+
+    tandem difficulty train --data CSV... --weak-col COL --strong-col COL \
+        [--estimator features|embedding|probe] [--model DIR] --out DIR
+    tandem difficulty eval --data CSV... --weak-col COL --strong-col COL \
+        [--estimator NAME] [--folds K] [--seed S] [--json] [--plot PNG] [--limit N]
+
+CSV paths may be globs. `train` writes a folder that `load_estimator` (router) or, for the probe,
+`ProbeHead.load` (prefill worker) reads. `eval` cross-validates and prints APGR, CPT(50%) and
+CPT(80%) of the estimator, random routing and the oracle. Training and evaluation read MiniLM
+vectors through the on-disk embedding cache ($TANDEM_CACHE_DIR or ~/.cache/tandem).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+
+from router.difficulty.base import TrainableEstimator
+from router.difficulty.data import RoutingDataset, load_routing_csvs
+
+ESTIMATOR_NAMES = ("features", "embedding", "probe")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Adds the `train` and `eval` sub-subcommands."""
+    commands = parser.add_subparsers(dest="action", required=True, metavar="{train,eval}")
+    train = commands.add_parser("train", help="train an estimator on labelled prompts and save it")
+    _add_common(train)
+    train.add_argument("--out", required=True, help="folder to write the trained estimator into")
+    evaluate = commands.add_parser("eval", help="cross-validate an estimator (APGR, CPT)")
+    _add_common(evaluate)
+    evaluate.add_argument("--folds", type=int, default=5, help="number of folds (default 5)")
+    evaluate.add_argument("--seed", type=int, default=0, help="seed of folds and random routing")
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+    evaluate.add_argument("--plot", default=None, help="write quality vs strong calls to this PNG")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Runs `train` or `eval`; bad input is reported as one line on stderr with exit status 2."""
+    try:
+        dataset = load_routing_csvs(args.data, args.prompt_col, args.weak_col, args.strong_col,
+                                    args.limit)
+        make_estimator, hidden_states = estimator_factory(args.estimator, args.model, args.device)
+        if args.action == "train":
+            return _train(make_estimator, dataset, args.out)
+        return _evaluate(make_estimator, dataset, args, hidden_states)
+    except ValueError as error:
+        print(f"tandem difficulty {args.action}: {error}", file=sys.stderr)
+        return 2
+
+
+def estimator_factory(name: str, model_dir: str | None,
+                      device: str = "cpu") -> tuple[Callable[[], TrainableEstimator], str | None]:
+    """A maker of untrained estimators of `name`, and (for the probe) where its states come from.
+
+    Training and evaluation read MiniLM vectors through the embedding cache. The probe reads the
+    hidden states of `model_dir` run by Tandem's engine, or without a model folder MiniLM's
+    final-token states as a clearly labelled stand-in.
+    """
+    if name not in ESTIMATOR_NAMES:
+        raise ValueError(f"unknown estimator {name!r}; expected one of {list(ESTIMATOR_NAMES)}")
+    if model_dir is not None and name != "probe":
+        raise ValueError("--model is only for --estimator probe")
+    if name == "features":
+        from router.difficulty.feature_estimator import FeatureEstimator
+
+        return FeatureEstimator, None
+    if name == "embedding":
+        from router.difficulty.embedding_cache import EmbeddingCache
+        from router.difficulty.embedding_estimator import EmbeddingEstimator
+
+        cache = EmbeddingCache()
+        return lambda: EmbeddingEstimator(embedder=cache.pooled), None
+    from router.difficulty.probe_estimator import probe_factory
+
+    return probe_factory(model_dir, device)
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", nargs="+", required=True,
+                        help="RouteLLM-format CSV files or globs (quote globs)")
+    parser.add_argument("--prompt-col", default="prompt", help="prompt column (default: prompt)")
+    parser.add_argument("--weak-col", required=True, help="column: the weak model was correct")
+    parser.add_argument("--strong-col", required=True, help="column: the strong model was correct")
+    parser.add_argument("--estimator", default="features", choices=ESTIMATOR_NAMES,
+                        help="estimator to train or evaluate (default: features)")
+    parser.add_argument("--model", default=None,
+                        help="model folder whose hidden states the probe reads (probe only)")
+    parser.add_argument("--device", default="cpu", help="torch device for --model (default: cpu)")
+    parser.add_argument("--limit", type=int, default=None,
+                        help="use an evenly spaced subset of at most N rows")
+
+
+def _train(make_estimator: Callable[[], TrainableEstimator], dataset: RoutingDataset,
+           out: str) -> int:
+    estimator = make_estimator().fit(dataset)
+    estimator.save(out)
+    print(json.dumps({"estimator": estimator.name, "out": out, "num_rows": len(dataset),
+                      "num_domains": len(set(dataset.domains))}))
+    return 0
+
+
+def _evaluate(make_estimator: Callable[[], TrainableEstimator], dataset: RoutingDataset,
+              args: argparse.Namespace, hidden_states: str | None) -> int:
+    from router.difficulty.evaluation import evaluate
+    from router.difficulty.report import format_table, plot_quality
+
+    evaluation = evaluate(make_estimator, dataset, args.folds, args.seed, hidden_states)
+    summary = evaluation.as_dict()
+    if args.plot:
+        summary["plot"] = str(plot_quality(evaluation, args.plot))
+    print(json.dumps(summary, indent=2) if args.json else format_table(evaluation))
+    if args.plot and not args.json:
+        print(f"plot: {summary['plot']}")
+    return 0
