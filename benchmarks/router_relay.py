@@ -1,17 +1,18 @@
 """Parts 2 and 3 of the router benchmark: tokens/s one router relays, and where its CPU goes.
 
-For each chunk size, synthetic decode workers (router_token_source.py) feed a router under a
-sustained load. Window 0 is unprofiled and gives the relay capacity (tokens per router CPU-second);
-at 1 token per chunk the same router then runs a stack-sampled window, a cProfile window and a
-stack-sampled window of one-token requests (the per-request cost). The bare relay
-(router_bare_relay.py) on the same sources gives the floor of a Python grpc.aio relay. Real
-tiny-model decode workers give the same figures where the engine, not the router, is the limit.
+For each chunk size, synthetic decode workers (router_token_source.py) feed a router and, beside
+it, the bare relay (router_bare_relay.py: the floor of any Python grpc.aio relay). Each window is a
+warm-up plus a measured stretch of sustained load; router and bare-relay windows alternate (ABBA)
+and the median window counts: tokens per relay CPU-second is the relay capacity. At 1 token per
+chunk the same router then runs a stack-sampled window, a cProfile window and a stack-sampled
+window of one-token requests (the per-request cost), and with --perf a natively sampled window.
+Real tiny-model decode workers give the same figures where the engine, not the router, is the limit.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import statistics
 import time
 from pathlib import Path
 
@@ -45,9 +46,9 @@ def relay_part(model_dir: Path, run_dir: Path, settings: Settings, prompts: list
         with LocalCluster(cluster_config(model_dir, settings.num_real_workers),
                           subfolder(run_dir, "relay-cluster")) as cluster:
             real = real_worker_relay(cluster, settings, prompts)
-    headline = next(r for r in token_sources if r["tokens_per_chunk"] == 1)
-    capacity = {"tokens_per_router_cpu_s": headline["router"]["tokens_per_router_cpu_s"],
-                "raw_tokens_per_s": headline["router"]["tokens_per_s"],
+    headline = next(r for r in token_sources if r["tokens_per_chunk"] == 1)["router"]
+    capacity = {"tokens_per_router_cpu_s": headline["tokens_per_router_cpu_s"],
+                "raw_tokens_per_s": headline["tokens_per_s"],
                 "goal_tokens_per_s": GOAL_TOKENS_PER_S,
                 "by_tokens_per_chunk": token_sources, "real_decode_workers": real}
     return capacity, profile
@@ -57,8 +58,18 @@ def real_worker_relay(cluster: LocalCluster, settings: Settings, prompts: list[l
     """Sustained load through a cluster's router onto its real decode workers."""
     pids = {"router": [cluster.router.process.pid],
             "decode_workers": [child.process.pid for child in cluster.decode]}
-    windows = asyncio.run(_windows(cluster.grpc_address, settings, prompts, pids, settings.relay_max_tokens))
-    return {"num_decode_workers": len(cluster.decode), **windows[0].as_dict()}
+    windows = [asyncio.run(_window(cluster.grpc_address, settings, prompts, pids, settings.relay_max_tokens))
+               for _ in range(settings.relay_rounds)]
+    return {"num_decode_workers": len(cluster.decode), **median_summary(windows)}
+
+
+def median_summary(windows: list[SustainedResult]) -> dict:
+    """The median window's headline figures, and every window's figures."""
+    per_window = [w.as_dict() for w in windows]
+    return {"num_windows": len(windows),
+            **{key: statistics.median(w[key] for w in per_window)
+               for key in ("tokens_per_router_cpu_s", "router_cpu_us_per_token", "tokens_per_s")},
+            "per_window": per_window}
 
 
 def _token_source_run(model_dir: Path, run_dir: Path, settings: Settings, prompts: list[list[int]],
@@ -66,74 +77,97 @@ def _token_source_run(model_dir: Path, run_dir: Path, settings: Settings, prompt
     sources = [start_process(f"token-source-{tokens_per_chunk}-{i}",
                              token_source_command(model_dir, tokens_per_chunk), run_dir)
                for i in range(settings.num_token_sources)]
+    profile_dir = subfolder(run_dir, f"profiles-{tokens_per_chunk}") if is_profiled else None
+    relays = []
     try:
         wait_ready(sources, READY_TIMEOUT_S)
         addresses = [address(s) for s in sources]
-        source_pids = {"token_sources": [s.process.pid for s in sources]}
-        profile_dir = subfolder(run_dir, f"profiles-{tokens_per_chunk}") if is_profiled else None
         plan = tuple(kind for kind, _ in PROFILE_PLAN) if is_profiled else ()
         router = start_process(f"router-tpc{tokens_per_chunk}",
                                router_command(model_dir, addresses, profile_dir, plan), run_dir)
-        with _running(router):
-            windows = _router_windows(router, settings, prompts, source_pids, profile_dir, use_perf)
+        relays.append(router)
         bare = start_process(f"bare-relay-tpc{tokens_per_chunk}", bare_relay_command(addresses), run_dir)
-        with _running(bare):
-            floor = asyncio.run(_windows(address(bare), settings, prompts,
-                                         {"router": [bare.process.pid], **source_pids},
-                                         settings.relay_max_tokens))[0]
+        relays.append(bare)
+        wait_ready(relays, READY_TIMEOUT_S)
+        source_pids = [s.process.pid for s in sources]
+        router_windows, bare_windows = _alternating_windows(router, bare, settings, prompts, source_pids)
+        pids = {"router": [router.process.pid], "token_sources": source_pids}
+        profiled = _profile_windows(router, settings, prompts, pids, profile_dir) if is_profiled else []
+        perf = _perf_window(router, settings, prompts, pids, profile_dir) if use_perf else None
     finally:
+        stop_children(relays)
         stop_children(sources)
     relay = {"tokens_per_chunk": tokens_per_chunk, "num_token_sources": settings.num_token_sources,
-             "router": windows[0].as_dict(), "bare_grpc_aio_relay": floor.as_dict()}
+             "router": median_summary(router_windows), "bare_grpc_aio_relay": median_summary(bare_windows)}
     relay["router_over_bare_cpu_per_token"] = round(
         relay["router"]["router_cpu_us_per_token"] / relay["bare_grpc_aio_relay"]["router_cpu_us_per_token"], 2)
     if not is_profiled:
         return relay, {}
-    profile = _profile_report(profile_dir, windows)
-    if use_perf:
+    profile = _profile_report(profile_dir, profiled)
+    if perf is not None:
         profile["perf_native_per_token"] = summarize_perf(profile_dir / "perf.data",
-                                                          relay["router"]["router_cpu_us_per_token"])
+                                                          perf.as_dict()["router_cpu_us_per_token"])
     return relay, profile
 
 
-def _router_windows(router: ChildProcess, settings: Settings, prompts: list[list[int]],
-                    source_pids: dict, profile_dir: Path | None, use_perf: bool) -> list[SustainedResult]:
-    """Window 0 unprofiled (perf, if asked, samples it natively); then the profile plan's windows."""
+def _alternating_windows(router: ChildProcess, bare: ChildProcess, settings: Settings,
+                         prompts: list[list[int]], source_pids: list[int]):
+    """Router and bare-relay windows in ABBA order, so that the machine's drifts hit both alike."""
+    results = {"router": [], "bare": []}
+    for round_index in range(settings.relay_rounds):
+        order = ("router", "bare") if round_index % 2 == 0 else ("bare", "router")
+        for name in order:
+            child = router if name == "router" else bare
+            # The bare relay is in the router's place: its CPU is counted as "router".
+            pids = {"router": [child.process.pid], "token_sources": source_pids}
+            results[name].append(asyncio.run(_window(address(child), settings, prompts, pids,
+                                                     settings.relay_max_tokens)))
+    return results["router"], results["bare"]
+
+
+def _profile_windows(router: ChildProcess, settings: Settings, prompts: list[list[int]], pids: dict,
+                     profile_dir: Path) -> list[SustainedResult]:
+    """One window per profiler of PROFILE_PLAN, each switched on and off inside the router."""
     pid = router.process.pid
-    pids = {"router": [pid], **source_pids}
-    perf = []
-
-    def on_unprofiled_window(_, is_open: bool) -> None:
-        if use_perf and is_open:
-            perf.append(start_perf(pid, profile_dir / "perf.data"))
-        elif perf:
-            stop_perf(perf.pop())
-
-    windows = asyncio.run(_windows(address(router), settings, prompts, pids, settings.relay_max_tokens,
-                                   on_unprofiled_window))
-    if profile_dir is None:
-        return windows
+    windows = []
     for index, (kind, max_tokens) in enumerate(PROFILE_PLAN):
-        windows += asyncio.run(_windows(
+        windows.append(asyncio.run(_window(
             address(router), settings, prompts, pids, max_tokens or settings.relay_max_tokens,
-            lambda _, is_open, index=index: request_window(profile_dir, pid, index, is_open)))
+            lambda is_open, index=index: request_window(profile_dir, pid, index, is_open))))
         suffix = "json" if kind == "sample" else "pstats"
         _wait_for_file(profile_dir / f"window-{index}.{suffix}", router)
     return windows
 
 
-async def _windows(router_address: str, settings: Settings, prompts: list[list[int]],
-                   pids: dict[str, list[int]], max_tokens: int, on_window=None) -> list[SustainedResult]:
+def _perf_window(router: ChildProcess, settings: Settings, prompts: list[list[int]], pids: dict,
+                 profile_dir: Path) -> SustainedResult:
+    """A window sampled natively by Linux perf (no Python profiler running)."""
+    running = []
+
+    def switch(is_open: bool) -> None:
+        if is_open:
+            running.append(start_perf(router.process.pid, profile_dir / "perf.data"))
+        else:
+            stop_perf(running.pop())
+
+    return asyncio.run(_window(address(router), settings, prompts, pids, settings.relay_max_tokens, switch))
+
+
+async def _window(router_address: str, settings: Settings, prompts: list[list[int]],
+                  pids: dict[str, list[int]], max_tokens: int, on_window=None) -> SustainedResult:
+    """One warm-up and one measured window of sustained load; on_window(is_open) at its ends."""
     target = RouterTarget(router_address)
     try:
-        return await sustained(target, prompts, max_tokens, settings.relay_streams, settings.warmup_s,
-                               settings.window_s, pids, on_window=on_window)
+        windows = await sustained(
+            target, prompts, max_tokens, settings.relay_streams, settings.warmup_s, settings.window_s,
+            pids, on_window=None if on_window is None else lambda _, is_open: on_window(is_open))
+        return windows[0]
     finally:
         await target.channel.close()
 
 
 def _profile_report(profile_dir: Path, windows: list[SustainedResult]) -> dict:
-    sampled, profiled, per_request = windows[1:4]
+    sampled, profiled, per_request = windows
     cprofile = summarize_pstats(profile_dir / "window-1.pstats", profiled.num_tokens)
     cprofile["router_cpu_us_per_token_under_cprofile"] = profiled.as_dict()["router_cpu_us_per_token"]
     return {
@@ -144,16 +178,6 @@ def _profile_report(profile_dir: Path, windows: list[SustainedResult]) -> dict:
             profile_dir / "window-2.json", per_request.num_streams_finished, per_request.cpu_s["router"],
             unit="request"),
     }
-
-
-@contextlib.contextmanager
-def _running(child: ChildProcess):
-    """Waits until a started child is ready; stops it at the end of the block."""
-    try:
-        wait_ready([child], READY_TIMEOUT_S)
-        yield child
-    finally:
-        stop_children([child])
 
 
 def _wait_for_file(path: Path, child: ChildProcess, timeout_s: float = 60.0) -> None:

@@ -41,6 +41,7 @@ class Settings:
     tokens_per_chunk: tuple[int, ...]
     warmup_s: float
     window_s: float
+    relay_rounds: int
     num_real_workers: int
 
     def as_dict(self) -> dict:
@@ -48,12 +49,12 @@ class Settings:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
-FULL = Settings(concurrencies=(1, 32, 200), min_ttft_samples=150, min_rounds=4, max_tokens=32,
+FULL = Settings(concurrencies=(1, 32, 200), min_ttft_samples=300, min_rounds=6, max_tokens=32,
                 prompt_len=32, relay_streams=128, relay_max_tokens=256, num_token_sources=2,
-                tokens_per_chunk=(1, 8), warmup_s=2.0, window_s=8.0, num_real_workers=2)
+                tokens_per_chunk=(1, 8), warmup_s=1.5, window_s=5.0, relay_rounds=4, num_real_workers=2)
 QUICK = Settings(concurrencies=(1, 8), min_ttft_samples=4, min_rounds=2, max_tokens=12,
                  prompt_len=16, relay_streams=16, relay_max_tokens=64, num_token_sources=1,
-                 tokens_per_chunk=(1,), warmup_s=0.4, window_s=1.0, num_real_workers=1)
+                 tokens_per_chunk=(1,), warmup_s=0.4, window_s=1.0, relay_rounds=1, num_real_workers=1)
 
 
 def cluster_config(model_dir: Path, num_decode: int) -> LocalClusterConfig:
