@@ -85,6 +85,10 @@ class WorkerPool:
                 log.info("worker %s (%s) joined", address, role)
         self.changed.set()
 
+    def endpoints(self) -> list[tuple[str, str]]:
+        """Every known (address, role), healthy or not."""
+        return sorted((address, w.role) for address, w in self._workers.items())
+
     def healthy(self, role: str, model: str | None = None) -> list[WorkerHandle]:
         """Healthy, accepting workers of a role (and model, when given)."""
         return [w for w in self._workers.values()

@@ -40,11 +40,12 @@ def test_relay_capacity_counts_tokens_and_router_cpu(report):
     assert capacity["tokens_per_router_cpu_s"] > 0 and capacity["raw_tokens_per_s"] > 0
     for run in capacity["by_tokens_per_chunk"]:
         for relay in (run["router"], run["bare_grpc_aio_relay"]):
-            assert relay["num_tokens_relayed"] > 0
-            assert relay["cpu_s"]["router"] > 0
+            assert relay["num_windows"] == len(relay["per_window"]) > 0
+            for window in relay["per_window"]:
+                assert window["num_tokens_relayed"] > 0 and window["cpu_s"]["router"] > 0
         assert run["router_over_bare_cpu_per_token"] > 0
     real = capacity["real_decode_workers"]
-    assert real["num_tokens_relayed"] > 0 and real["cpu_s"]["decode_workers"] > 0
+    assert all(w["num_tokens_relayed"] > 0 and w["cpu_s"]["decode_workers"] > 0 for w in real["per_window"])
     assert "method" in report and set(report["method"]) == {"latency", "relay_capacity", "profile"}
 
 

@@ -7,8 +7,6 @@ import asyncio
 import pytest
 from kubernetes_asyncio import client as k8s_client
 
-from router.discovery import (HealthConfig, HealthState, StaticDiscovery, WorkerEndpoint, WorkerHealth,
-                              WorkerRole, parse_endpoint)
 from router.discovery_k8s import KubernetesDiscovery, KubernetesDiscoveryConfig, slice_endpoints
 
 NAMESPACE = "serving"
@@ -110,42 +108,8 @@ def test_slice_parsing_handles_ipv6_foreign_and_incomplete_slices():
     assert slice_endpoints(unlabelled, config) == frozenset()
 
 
-async def test_static_discovery_and_endpoint_specs():
-    decode = parse_endpoint("decode:small@127.0.0.1:7001#decode-0")
-    prefill = parse_endpoint("prefill:small@127.0.0.1:7002")
-    assert decode == WorkerEndpoint("decode-0", "127.0.0.1:7001", WorkerRole.DECODE, "small")
-    assert prefill.worker_id == "127.0.0.1:7002" and prefill.role is WorkerRole.PREFILL
-    discovery = StaticDiscovery([decode])
-    watch = discovery.watch()
-    assert await next_change(watch) == {decode}
-    discovery.set_endpoints([decode, prefill])
-    assert await next_change(watch) == {decode, prefill}
-    await watch.aclose()
-    with pytest.raises(ValueError, match="duplicate"):
-        discovery.set_endpoints([decode, decode])
-    for spec in ("decode@x:1", "cook:small@127.0.0.1:1", "decode:small@127.0.0.1", "decode:small@h:99999"):
-        with pytest.raises(ValueError, match="worker spec"):
-            parse_endpoint(spec)
 
 
-def test_worker_health_takes_workers_out_and_probes_with_backoff():
-    health = WorkerHealth(HealthConfig(failure_threshold=2, initial_probe_delay_s=1.0, max_probe_delay_s=4.0))
-    workers = [parse_endpoint(f"decode:small@127.0.0.1:{7000 + i}#d{i}") for i in range(2)]
-    assert not health.record_failure("d0", now=0.0)
-    health.record_success("d0")  # a success resets the count
-    assert not health.record_failure("d0", now=1.0)
-    assert health.record_failure("d0", now=2.0)
-    assert health.state("d0") is HealthState.UNHEALTHY
-    assert health.healthy(workers) == [workers[1]]
-    assert health.due_for_probe(now=2.5) == []
-    assert health.due_for_probe(now=3.0) == ["d0"]
-    health.record_failure("d0", now=3.0)  # failed probe: next one 2 s later, then 4 s (the cap)
-    assert health.due_for_probe(now=4.9) == [] and health.due_for_probe(now=5.0) == ["d0"]
-    health.record_failure("d0", now=5.0)
-    health.record_failure("d0", now=9.0)
-    assert health.due_for_probe(now=12.9) == [] and health.due_for_probe(now=13.0) == ["d0"]
-    assert health.record_success("d0")
-    assert health.healthy(workers) == workers and health.due_for_probe(now=100.0) == []
 
 
 async def test_start_fails_clearly_when_the_api_cannot_be_reached():
