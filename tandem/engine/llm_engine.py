@@ -19,7 +19,7 @@ from tandem.engine.model_config import ModelConfig
 from tandem.engine.model_runner import LayerHook, ModelRunner
 from tandem.engine.request_checks import RequestChecker
 from tandem.engine.request_output import Completion, RequestOutput, TextStream, TokenLogprob
-from tandem.engine.sampler import SampleResult, sample
+from tandem.engine.sampler import SampleResult, sample, skip_draws
 from tandem.engine.sampling_params import SamplingParams
 from tandem.engine.scheduler import Scheduler
 from tandem.engine.sequence import FinishReason, Sequence, SequenceStatus
@@ -227,11 +227,8 @@ class LLMEngine:
         seq.detokenizer = self._text_stream(seq)
         self._seqs[request_id] = seq
         seq.append_token(first_token_id)
-        if not params.is_greedy:
-            # The prefill worker drew this token's noise from the same seed: skip that draw, so the
-            # sequence goes on exactly as if it had sampled its first token here.
-            torch.empty(self.model_config.vocab_size, dtype=torch.float32,
-                        device=self.config.device).exponential_(generator=seq.generator)
+        # The prefill side drew the first token's noise from the same seed.
+        skip_draws(seq, 1, self.model_config.vocab_size)
         reason = self._finish_reason(seq, first_token_id)
         if seq.detokenizer is not None:
             seq.detokenizer.take(is_final=True)  # the first token's text was streamed by prefill
@@ -245,11 +242,13 @@ class LLMEngine:
 
     def fork(self, request_id: str, new_request_id: str, params: SamplingParams) -> None:
         """Starts new_request_id as a copy-on-write fork of a running or prefilled request: it
-        shares the KV blocks and continues from the same tokens with its own params and seed."""
+        shares the KV blocks and continues from the same tokens with its own params and seed
+        (exactly as an independent request with that seed would, had it made the same tokens)."""
         parent = self._get(request_id)
         self.checker.check_fork(parent, new_request_id, self._seqs, params)
         child = parent.fork(new_request_id, params)
         self.kv_manager.fork(parent, child)
+        skip_draws(child, parent.num_output_tokens, self.model_config.vocab_size)
         child.detokenizer = self._text_stream(child)
         if child.detokenizer is not None:
             for token_id in parent.output_token_ids:

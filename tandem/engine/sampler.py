@@ -2,7 +2,8 @@
 
 Sampling draws one exponential noise vector per sampled row from that request's own generator
 and takes argmax(probs / noise), which picks token i with probability probs[i]. Each row's draw
-depends only on its own generator, so a seeded request makes the same tokens alone or batched.
+depends only on its own generator, so a seeded request makes the same tokens alone or batched;
+token k of a request always uses the k-th draw of its seed (see skip_draws).
 
 Logprobs are the log_softmax of the raw model logits (temperature 1, no top-k/top-p filter): the
 model's own distribution, whatever sampling settings chose the token. Forced tokens (the
@@ -47,6 +48,18 @@ def sample(logits: torch.Tensor, seqs: list[Sequence]) -> SampleResult:
     if logprob_rows:
         _fill_logprobs(logits, seqs, token_ids, logprob_rows, logprobs, top_logprobs)
     return SampleResult(token_ids, logprobs, top_logprobs)
+
+
+def skip_draws(seq: Sequence, num_tokens: int, vocab_size: int) -> None:
+    """Advances seq's generator past num_tokens sampled tokens (one noise vector each), so that its
+    next token is drawn as token num_tokens of any request with that seed: a request continued
+    elsewhere, or forked, goes on exactly as if it had sampled its earlier tokens itself."""
+    if seq.params.temperature == 0.0 or num_tokens == 0:
+        return
+    generator = seq.generator
+    noise = torch.empty(vocab_size, device=generator.device)
+    for _ in range(num_tokens):
+        noise.exponential_(generator=generator)
 
 
 def _sample_rows(logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:

@@ -140,22 +140,41 @@ def test_preemption_under_a_tiny_cache_gives_the_same_tokens(model_dir, hf_model
     assert engine.stats().num_blocks_used == 0
 
 
-def test_fork_equals_an_independent_request_with_the_same_seed(model_dir, hf_model):
+def test_fork_equals_an_independent_request_with_the_same_seed(model_dir):
     engine = LLMEngine(model_dir, EngineConfig(**SMALL_STEPS))
     prompt = PROMPTS[0]
-    engine.add_request("parent", prompt, greedy(8))
+
+    def seeded(seed: int) -> SamplingParams:
+        return SamplingParams(temperature=1.0, seed=seed, max_tokens=8, ignore_eos=True)
+
+    independent = engine.generate([prompt], seeded(77))[0].token_ids
+    engine.add_request("parent", prompt, seeded(77))
     (first,) = engine.step()
-    parent_blocks = engine.block_ids("parent")
-    sample_params = SamplingParams(temperature=1.0, seed=77, max_tokens=8, ignore_eos=True)
-    engine.fork("parent", "child", sample_params)
-    assert engine.block_ids("child") == parent_blocks
-    tokens = {"parent": list(first.new_token_ids), "child": list(first.new_token_ids)}
+    engine.fork("parent", "same-seed", seeded(77))
+    engine.fork("parent", "other-seed", seeded(78))
+    assert engine.block_ids("same-seed") == engine.block_ids("other-seed") == engine.block_ids("parent")
+    tokens = {request_id: list(first.new_token_ids) for request_id in ("parent", "same-seed", "other-seed")}
     while engine.has_unfinished_requests():
         for output in engine.step():
             tokens[output.request_id] += output.new_token_ids
-    assert tokens["parent"] == hf_greedy(hf_model, prompt, 8)
-    # The same seed continuing from the same first token: a request whose prompt ends with it.
-    independent = SamplingParams(temperature=1.0, seed=77, max_tokens=7, ignore_eos=True)
-    continued = engine.generate([prompt + first.new_token_ids], independent)[0].token_ids
-    assert tokens["child"] == first.new_token_ids + continued
+    # Token k of any request with seed 77 uses draw k of that seed, forked or not.
+    assert tokens["parent"] == tokens["same-seed"] == independent
+    assert tokens["other-seed"][0] == independent[0] and tokens["other-seed"] != independent
     assert engine.stats().num_blocks_used == 0
+
+
+def test_fork_copies_the_shared_partial_block_before_writing(model_dir, hf_model):
+    engine = LLMEngine(model_dir, EngineConfig(**SMALL_STEPS, enable_prefix_caching=False))
+    prompt = PROMPTS[0]  # 5 tokens: the second block is partial and shared after the fork
+    engine.add_request("parent", prompt, greedy(8))
+    (first,) = engine.step()
+    engine.fork("parent", "child", greedy(8))
+    tokens = {"parent": list(first.new_token_ids), "child": list(first.new_token_ids)}
+    for output in engine.step():
+        tokens[output.request_id] += output.new_token_ids
+    assert engine.block_ids("parent")[0] == engine.block_ids("child")[0]
+    assert engine.block_ids("parent")[1] != engine.block_ids("child")[1]
+    while engine.has_unfinished_requests():
+        for output in engine.step():
+            tokens[output.request_id] += output.new_token_ids
+    assert tokens["parent"] == tokens["child"] == hf_greedy(hf_model, prompt, 8)

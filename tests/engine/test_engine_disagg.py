@@ -68,32 +68,49 @@ def test_layer_hook_reports_each_chunk_after_every_layer(tiny_llama_dir):
     assert calls == expected
 
 
+def disaggregate(prefill: LLMEngine, decode: LLMEngine, request_id: str, prompt: list[int],
+                 params: SamplingParams) -> tuple[list[int], list[int]]:
+    """Prefills on one engine, ships each layer's KV into the other's reservation as it is written,
+    and decodes there; returns the tokens (the first, then the decoded ones) and the reservation."""
+    target_blocks, num_cached = decode.reserve(request_id, prompt)
+    assert num_cached == 0
+
+    def ship(layer: int, spans) -> None:
+        for _, source_blocks, start, end in spans:
+            for index in range(start // 4, (end - 1) // 4 + 1):
+                decode.kv_cache[layer, target_blocks[index]] = prefill.kv_cache[layer, source_blocks[index]]
+
+    prefill.set_layer_hook(ship)
+    prefill.add_request(request_id, prompt, params, prefill_only=True)
+    (first,) = [o for _ in range(3) for o in prefill.step()]
+    assert prefill.release(request_id) == len(target_blocks)
+    decode.add_prefilled_request(request_id, prompt, first.new_token_ids[0], params)
+    tokens = list(first.new_token_ids)
+    while decode.has_unfinished_requests():
+        tokens += [t for o in decode.step() if o.request_id == request_id for t in o.new_token_ids]
+    return tokens, target_blocks
+
+
 def test_kv_shipped_layer_by_layer_lets_another_engine_decode(tiny_llama_dir, hf_model):
     prefill = LLMEngine(tiny_llama_dir, EngineConfig(num_blocks=64, **CHUNKED))
     decode = LLMEngine(tiny_llama_dir, EngineConfig(num_blocks=48, **CHUNKED))
     decode.add_request("other", list(range(600, 630)), greedy(30))  # decode-side ids differ
     decode.step()
-    target_blocks, num_cached = decode.reserve("r", PROMPT)
-    assert num_cached == 0 and len(target_blocks) == 10
-
-    def ship(layer: int, spans) -> None:
-        for request_id, source_blocks, start, end in spans:
-            for index in range(start // 4, (end - 1) // 4 + 1):
-                decode.kv_cache[layer, target_blocks[index]] = prefill.kv_cache[layer, source_blocks[index]]
-
-    prefill.set_layer_hook(ship)
-    prefill.add_request("r", PROMPT, greedy(1), prefill_only=True)
-    (first,) = [o for _ in range(3) for o in prefill.step()]
-    assert prefill.release("r") == 10
-    decode.add_prefilled_request("r", PROMPT, first.new_token_ids[0], greedy(8))
-    tokens = list(first.new_token_ids)
-    while decode.has_unfinished_requests():
-        tokens += [t for o in decode.step() if o.request_id == "r" for t in o.new_token_ids]
+    tokens, target_blocks = disaggregate(prefill, decode, "r", PROMPT, greedy(8))
     assert tokens == hf_greedy(hf_model, PROMPT, 8)
     # The shipped prompt blocks are now a prefix cache entry on the decode side.
     again_blocks, num_cached = decode.reserve("again", PROMPT)
     assert num_cached == 9 and again_blocks[:9] == target_blocks[:9]
     assert decode.abort("again") == 10  # the revived cached blocks count as well
+
+
+def test_a_seeded_disaggregated_request_equals_the_colocated_one(tiny_llama_dir):
+    params = SamplingParams(temperature=1.0, seed=2024, max_tokens=10, ignore_eos=True)
+    colocated = LLMEngine(tiny_llama_dir, EngineConfig(num_blocks=64, **CHUNKED))
+    expected = colocated.generate([PROMPT], params)[0].token_ids
+    prefill = LLMEngine(tiny_llama_dir, EngineConfig(num_blocks=64, **CHUNKED))
+    decode = LLMEngine(tiny_llama_dir, EngineConfig(num_blocks=64, **CHUNKED))
+    assert disaggregate(prefill, decode, "r", PROMPT, params)[0] == expected
 
 
 def test_a_prefilled_request_ending_at_its_first_token_reports_it(tiny_llama_dir):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tandem.engine.sampler import sample
+from tandem.engine.sampler import sample, skip_draws
 from tandem.engine.sampling_params import SamplingParams
 from tandem.engine.sequence import Sequence
 
@@ -47,6 +47,17 @@ def test_same_seed_gives_the_same_tokens_alone_or_batched(logits):
     draws_b = [sample(logits[:1], [second]).token_ids[0] for _ in range(20)]
     assert draws_a == draws_b
     assert len(set(draws_a)) > 1  # flat enough logits: the stream is not stuck on one token
+
+
+def test_skipping_draws_lands_on_the_same_token_as_sampling_them(logits):
+    sampled = seq(seed=5)
+    tokens = [sample(logits[:1], [sampled]).token_ids[0] for _ in range(3)]
+    skipped = seq(seed=5)
+    skip_draws(skipped, 2, VOCAB)
+    assert sample(logits[:1], [skipped]).token_ids == tokens[2:]
+    greedy = seq(temperature=0.0)
+    skip_draws(greedy, 2, VOCAB)  # greedy sequences draw nothing and skip nothing
+    assert greedy._generator is None
 
 
 def test_top_k_and_top_p_never_leave_their_sets():
