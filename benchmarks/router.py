@@ -19,13 +19,15 @@
    at 1 token per chunk (the real worker's shape: one chunk per engine step) and more, and for real
    tiny-model decode workers.
    A bare grpc.aio relay (benchmarks/router_bare_relay.py: same RPCs and messages, no router
-   logic) on the same token sources gives the floor that any Python grpc.aio relay pays.
+   logic) on the same token sources gives the floor that any Python grpc.aio relay pays; router
+   and bare-relay windows alternate (ABBA) and the median window counts. One-token requests give
+   the same comparison per request (what TTFT pays for setting a request up).
 3. Profile. The router of part 2 runs under profilers that signals switch on for one window each
-   (benchmarks/router_profile.py): a stack sampler (low overhead), cProfile (exact call counts,
-   inflated Python time), and a stack sampler over one-token requests (the per-request cost).
-   Hot spots are reported per relayed token (per request for the last), by function and by
-   component (router code, detokenization, gRPC, protobuf, asyncio, telemetry). With --perf,
-   Linux perf also samples the unprofiled window natively (interpreter vs gRPC core vs kernel).
+   (benchmarks/router_profile.py): a stack sampler (low overhead) and cProfile (exact call counts,
+   inflated Python time), each over the relay load and over one-token requests. Hot spots are
+   reported per relayed token and per request, by function and by component (router code,
+   detokenization, gRPC, protobuf, asyncio, telemetry). With --perf, Linux perf samples another
+   window natively (Python interpreter against gRPC's native core, protobuf and the kernel).
 
     .venv/bin/python benchmarks/router.py                 # full run (about 5 minutes)
     .venv/bin/python benchmarks/router.py --perf          # plus the native profile (needs perf)
@@ -39,6 +41,7 @@ Prints one JSON object.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -49,7 +52,7 @@ from pathlib import Path
 
 from router_latency import GOAL_MS, latency_part, worst_added
 from router_relay import GOAL_TOKENS_PER_S, real_worker_relay, relay_part
-from router_setup import FULL, QUICK, Settings
+from router_setup import FULL, QUICK
 
 from tandem.engine.tiny_model import make_tiny_model
 
@@ -68,11 +71,13 @@ METHOD = {
                       "a floor). A bare grpc.aio relay on the same sources gives the floor of any "
                       "Python grpc.aio relay; real tiny-model workers show the engine-limited case.",
     "profile": "Signal-switched profilers inside the router process, one load window each, at 1 token "
-               "per chunk: stack sampling of the event-loop thread (shares lean towards gRPC's Cython "
-               "code, where the GIL is released), cProfile (exact call counts; its overhead inflates "
-               "Python code: compare busy_us_per_token with router_cpu_us_per_token), and stack "
-               "sampling over one-token requests (per-request cost). Times per token are shares of "
-               "busy samples times the router's measured CPU per token in the same window.",
+               "per chunk, over the relay load (per token) and over one-token requests (per request): "
+               "stack sampling of the event-loop thread (samples land where the main thread releases "
+               "the GIL, so they lean towards gRPC's Cython code and syscalls such as os.urandom), "
+               "times per unit = share of busy samples x the router's CPU per unit in that window; "
+               "cProfile (exact call counts, a coroutine's every resumption counted as a call; its "
+               "overhead inflates Python code: compare busy_us_per_* with router_cpu_us_per_*). "
+               "With --perf, Linux perf's split of the router's CPU by shared object and symbol.",
 }
 
 
@@ -83,6 +88,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--perf", action="store_true",
                         help="also profile the router natively with Linux perf (must be installed)")
     parser.add_argument("--model-dir", help="model folder to use instead of a fresh tiny one")
+    parser.add_argument("--run-dir", help="keep logs and profiles in this (new or empty) folder "
+                                           "instead of a temporary one")
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
 
@@ -92,8 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     settings = QUICK if args.quick else FULL
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="tandem-router-bench-") as tmp:
-        run_dir = Path(tmp)
+    with _run_folder(args.run_dir) as run_dir:
         model_dir = Path(args.model_dir) if args.model_dir else make_tiny_model(run_dir / "tiny-llama")
         num_prompts = max(*settings.concurrencies, settings.relay_streams)
         prompts = make_prompts(model_dir, num_prompts, settings.prompt_len, args.seed)
@@ -112,6 +118,19 @@ def main(argv: list[str] | None = None) -> int:
     report["elapsed_s"] = round(time.monotonic() - started, 1)
     print(json.dumps(report, indent=2))
     return 0
+
+
+@contextlib.contextmanager
+def _run_folder(path: str | None):
+    if path is None:
+        with tempfile.TemporaryDirectory(prefix="tandem-router-bench-") as tmp:
+            yield Path(tmp)
+        return
+    run_dir = Path(path)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if any(run_dir.iterdir()):
+        raise SystemExit(f"--run-dir {run_dir} is not empty")
+    yield run_dir
 
 
 def make_prompts(model_dir: Path, count: int, length: int, seed: int) -> list[list[int]]:

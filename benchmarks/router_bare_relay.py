@@ -26,8 +26,8 @@ class BareRelay(inference_pb2_grpc.InferenceServicer):
     """Relays Decode chunks as GenerateResponses, one for one."""
 
     def __init__(self, decode_addresses: list[str]) -> None:
-        self.stubs = [worker_pb2_grpc.DecodeWorkerStub(grpc.aio.insecure_channel(a)) for a in decode_addresses]
-        self._next_stub = itertools.cycle(self.stubs)
+        stubs = [worker_pb2_grpc.DecodeWorkerStub(grpc.aio.insecure_channel(a)) for a in decode_addresses]
+        self._next_stub = itertools.cycle(stubs)
         self._request_ids = itertools.count()
 
     async def Generate(self, request: inference_pb2.GenerateRequest, context):

@@ -16,17 +16,19 @@ from router_profile import short_path
 
 # Where a function's code lies decides the component it is charged to (first match wins).
 CALLBACK_IN_C = "C/Cython run by the event loop (gRPC aio core, asyncio task steps)"
+DETOKENIZE = "router: detokenize (SampleText, TextStream, IncrementalDetokenizer)"
+TELEMETRY = "telemetry (prometheus_client, opentelemetry)"
 COMPONENTS = (
     ("stdlib/asyncio/events.py:", CALLBACK_IN_C, "(_run)"),
     ("<method 'run' of '_contextvars.Context' objects>", CALLBACK_IN_C, ""),
-    ("router/sample_text.py", "router: detokenize (SampleText, TextStream, IncrementalDetokenizer)", ""),
-    ("tandem/engine/request_output.py", "router: detokenize (SampleText, TextStream, IncrementalDetokenizer)", ""),
-    ("tandem/engine/tokenizer.py", "router: detokenize (SampleText, TextStream, IncrementalDetokenizer)", ""),
-    ("tokenizers", "router: detokenize (SampleText, TextStream, IncrementalDetokenizer)", ""),
+    ("router/sample_text.py", DETOKENIZE, ""),
+    ("tandem/engine/request_output.py", DETOKENIZE, ""),
+    ("tandem/engine/tokenizer.py", DETOKENIZE, ""),
+    ("tokenizers", DETOKENIZE, ""),
     ("router/", "router: request path (grpc_api, admission, core, dispatch, worker_pool)", ""),
-    ("tandem/telemetry", "telemetry (prometheus_client, opentelemetry)", ""),
-    ("prometheus_client", "telemetry (prometheus_client, opentelemetry)", ""),
-    ("opentelemetry", "telemetry (prometheus_client, opentelemetry)", ""),
+    ("tandem/telemetry", TELEMETRY, ""),
+    ("prometheus_client", TELEMETRY, ""),
+    ("opentelemetry", TELEMETRY, ""),
     ("grpc/", "gRPC Python layer", ""),
     ("_upb", "protobuf (upb)", ""),
     ("google/protobuf", "protobuf (upb)", ""),
@@ -90,10 +92,10 @@ def summarize_samples(path: Path, num_units: int, router_cpu_s: float, unit: str
     }
 
 
-def summarize_pstats(path: Path, num_tokens: int, top_n: int = 15) -> dict:
-    """cProfile's top functions by self time, with calls and cumulative time per token."""
-    if num_tokens <= 0:
-        raise ValueError(f"the profiled window relayed no tokens ({num_tokens}); nothing to divide by")
+def summarize_pstats(path: Path, num_units: int, unit: str = "token", top_n: int = 15) -> dict:
+    """cProfile's top functions by self time, with calls and cumulative time per unit."""
+    if num_units <= 0:
+        raise ValueError(f"the profiled window relayed no {unit}s ({num_units}); nothing to divide by")
     rows, busy_s = [], 0.0
     for (filename, line, name), (_, num_calls, self_s, cum_s, _) in pstats.Stats(str(path)).stats.items():
         location = name if filename == "~" else f"{short_path(filename)}:{line}({name})"
@@ -101,12 +103,18 @@ def summarize_pstats(path: Path, num_tokens: int, top_n: int = 15) -> dict:
             continue
         busy_s += self_s
         rows.append((self_s, cum_s, num_calls, location))
-    rows.sort(reverse=True)
-    per_token = 1e6 / num_tokens
+    per_unit = 1e6 / num_units
+
+    def ranked(key) -> list[dict]:
+        return [{"function": location, f"self_us_per_{unit}": round(self_s * per_unit, 2),
+                 f"cum_us_per_{unit}": round(cum_s * per_unit, 2),
+                 f"calls_per_{unit}": round(num_calls / num_units, 3)}
+                for self_s, cum_s, num_calls, location in sorted(rows, key=key, reverse=True)[:top_n]]
+
     return {
-        "num_tokens": num_tokens, "busy_us_per_token": round(busy_s * per_token, 2),
-        "top_self": [{"function": location, "self_us_per_token": round(self_s * per_token, 2),
-                      "cum_us_per_token": round(cum_s * per_token, 2),
-                      "calls_per_token": round(num_calls / num_tokens, 3)}
-                     for self_s, cum_s, num_calls, location in rows[:top_n]],
+        f"num_{unit}s": num_units, f"busy_us_per_{unit}": round(busy_s * per_unit, 2),
+        "top_self": ranked(lambda row: row[0]),
+        "top_cumulative_router_code": ranked(
+            lambda row: row[1] if row[3].startswith(PROJECT_PREFIXES) and not row[3].startswith(ENTRY_POINTS)
+            else -1.0),
     }

@@ -111,6 +111,7 @@ class SustainedResult:
     def as_dict(self) -> dict:
         """Figures for the JSON report."""
         router_cpu = self.cpu_s["router"]
+        us_per_token = round(1e6 * router_cpu / self.num_tokens, 2) if self.num_tokens else None
         return {
             "num_streams": self.num_streams, "window_s": round(self.window_s, 3),
             "num_tokens_relayed": self.num_tokens, "num_messages": self.num_messages,
@@ -119,7 +120,7 @@ class SustainedResult:
             "cpu_s": {name: round(value, 3) for name, value in self.cpu_s.items()},
             "cpu_cores_used": {name: round(value / self.window_s, 3) for name, value in self.cpu_s.items()},
             "tokens_per_router_cpu_s": round(self.num_tokens / router_cpu, 1) if router_cpu else None,
-            "router_cpu_us_per_token": round(1e6 * router_cpu / self.num_tokens, 2) if self.num_tokens else None,
+            "router_cpu_us_per_token": us_per_token,
         }
 
 
@@ -131,22 +132,20 @@ class _WindowCounter:
         self.num_tokens = self.num_messages = self.num_streams_finished = 0
 
     def on_tokens(self, num_tokens: int) -> None:
+        """Counts one message of num_tokens tokens if the window is open."""
         if self.is_open:
             self.num_tokens += num_tokens
             self.num_messages += 1
 
-    def reset(self) -> None:
-        self.num_tokens = self.num_messages = self.num_streams_finished = 0
-
 
 async def sustained(target, prompts: list[list[int]], max_tokens: int, num_streams: int,
-                    warmup_s: float, window_s: float, pids: dict[str, list[int]], num_windows: int = 1,
-                    on_window: Callable[[int, bool], None] | None = None) -> list[SustainedResult]:
-    """Keeps num_streams streams open (a finished one is replaced at once) and measures windows.
+                    warmup_s: float, window_s: float, pids: dict[str, list[int]],
+                    on_window: Callable[[bool], None] | None = None) -> SustainedResult:
+    """Keeps num_streams streams open (a finished one is replaced at once) and measures a window.
 
-    After warmup_s, num_windows windows of window_s follow back to back. The CPU time of each group
-    of processes in pids (and of this client, "client") is read at each window's ends;
-    on_window(index, True) runs as window `index` opens and on_window(index, False) as it closes.
+    The window of window_s follows a warm-up of warmup_s. The CPU time of each group of processes
+    in pids (and of this client, "client") is read at the window's ends; on_window(True) runs as
+    the window opens and on_window(False) as it closes.
     """
     counter = _WindowCounter()
 
@@ -156,30 +155,26 @@ async def sustained(target, prompts: list[list[int]], max_tokens: int, num_strea
             counter.num_streams_finished += counter.is_open
 
     tasks = [asyncio.create_task(keep_streaming(i)) for i in range(num_streams)]
-    results = []
     try:
         await asyncio.sleep(warmup_s)
-        for index in range(num_windows):
-            _raise_if_failed(tasks)
-            if on_window is not None:
-                on_window(index, True)
-            counter.reset()
-            cpu_before, started = cpu_snapshot(pids), time.perf_counter()
-            counter.is_open = True
-            await asyncio.sleep(window_s)
-            counter.is_open = False
-            cpu_after, elapsed = cpu_snapshot(pids), time.perf_counter() - started
-            if on_window is not None:
-                on_window(index, False)
-            cpu = {name: cpu_after[name] - cpu_before[name] for name in cpu_before}
-            results.append(SustainedResult(num_streams, elapsed, counter.num_tokens, counter.num_messages,
-                                           counter.num_streams_finished, cpu))
+        _raise_if_failed(tasks)
+        if on_window is not None:
+            on_window(True)
+        cpu_before, started = cpu_snapshot(pids), time.perf_counter()
+        counter.is_open = True
+        await asyncio.sleep(window_s)
+        counter.is_open = False
+        cpu_after, elapsed = cpu_snapshot(pids), time.perf_counter() - started
+        if on_window is not None:
+            on_window(False)
         _raise_if_failed(tasks)
     finally:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-    return results
+    cpu = {name: cpu_after[name] - cpu_before[name] for name in cpu_before}
+    return SustainedResult(num_streams, elapsed, counter.num_tokens, counter.num_messages,
+                           counter.num_streams_finished, cpu)
 
 
 def _raise_if_failed(tasks: list[asyncio.Task]) -> None:

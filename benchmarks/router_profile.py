@@ -148,7 +148,8 @@ def read_control(out_dir: Path) -> tuple[int, str]:
 
 def request_window(out_dir: Path, pid: int, index: int, is_on: bool) -> None:
     """Asks the profiled process (pid) to start (is_on) or stop window `index` of its plan."""
-    write_atomically(out_dir / CONTROL_FILE, lambda tmp: tmp.write_text(f"{index} {'on' if is_on else 'off'}"))
+    wanted = f"{index} {'on' if is_on else 'off'}"
+    write_atomically(out_dir / CONTROL_FILE, lambda tmp: tmp.write_text(wanted))
     os.kill(pid, signal.SIGUSR1)
 
 

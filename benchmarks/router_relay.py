@@ -4,8 +4,9 @@ For each chunk size, synthetic decode workers (router_token_source.py) feed a ro
 it, the bare relay (router_bare_relay.py: the floor of any Python grpc.aio relay). Each window is a
 warm-up plus a measured stretch of sustained load; router and bare-relay windows alternate (ABBA)
 and the median window counts: tokens per relay CPU-second is the relay capacity. At 1 token per
-chunk the same router then runs a stack-sampled window, a cProfile window and a stack-sampled
-window of one-token requests (the per-request cost), and with --perf a natively sampled window.
+chunk, router and bare relay also take one-token requests (the per-request cost), and the same
+router then runs a stack-sampled and a cProfile window for each kind of request, and with --perf a
+natively sampled window.
 Real tiny-model decode workers give the same figures where the engine, not the router, is the limit.
 """
 
@@ -29,7 +30,7 @@ from tandem.serving.process_group import ChildProcess, stop_children, wait_ready
 GOAL_TOKENS_PER_S = 20_000
 # The profiled router's windows after the unprofiled one: (profiler, requests' max_tokens or None
 # for the relay's). Indices in this plan name the files router_profile writes.
-PROFILE_PLAN = (("sample", None), ("cprofile", None), ("sample", 1))
+PROFILE_PLAN = (("sample", None), ("cprofile", None), ("sample", 1), ("cprofile", 1))
 
 
 def relay_part(model_dir: Path, run_dir: Path, settings: Settings, prompts: list[list[int]],
@@ -90,7 +91,11 @@ def _token_source_run(model_dir: Path, run_dir: Path, settings: Settings, prompt
         relays.append(bare)
         wait_ready(relays, READY_TIMEOUT_S)
         source_pids = [s.process.pid for s in sources]
-        router_windows, bare_windows = _alternating_windows(router, bare, settings, prompts, source_pids)
+        router_windows, bare_windows = _alternating_windows(router, bare, settings, prompts, source_pids,
+                                                            settings.relay_max_tokens, settings.relay_rounds)
+        if is_profiled:  # one-token requests: what setting a request up and tearing it down costs
+            per_request = _alternating_windows(router, bare, settings, prompts, source_pids, 1,
+                                               max(1, settings.relay_rounds // 2))
         pids = {"router": [router.process.pid], "token_sources": source_pids}
         profiled = _profile_windows(router, settings, prompts, pids, profile_dir) if is_profiled else []
         perf = _perf_window(router, settings, prompts, pids, profile_dir) if use_perf else None
@@ -99,10 +104,13 @@ def _token_source_run(model_dir: Path, run_dir: Path, settings: Settings, prompt
         stop_children(sources)
     relay = {"tokens_per_chunk": tokens_per_chunk, "num_token_sources": settings.num_token_sources,
              "router": median_summary(router_windows), "bare_grpc_aio_relay": median_summary(bare_windows)}
-    relay["router_over_bare_cpu_per_token"] = round(
-        relay["router"]["router_cpu_us_per_token"] / relay["bare_grpc_aio_relay"]["router_cpu_us_per_token"], 2)
+    relay["router_over_bare_cpu_per_token"] = _cpu_ratio(relay)
     if not is_profiled:
         return relay, {}
+    one_token = {"router": median_summary(per_request[0]),
+                 "bare_grpc_aio_relay": median_summary(per_request[1]),
+                 "note": "each request relays one token: CPU us per token is CPU us per request"}
+    relay["one_token_requests"] = {**one_token, "router_over_bare_cpu_per_request": _cpu_ratio(one_token)}
     profile = _profile_report(profile_dir, profiled)
     if perf is not None:
         profile["perf_native_per_token"] = summarize_perf(profile_dir / "perf.data",
@@ -110,18 +118,22 @@ def _token_source_run(model_dir: Path, run_dir: Path, settings: Settings, prompt
     return relay, profile
 
 
+def _cpu_ratio(relay: dict) -> float:
+    return round(relay["router"]["router_cpu_us_per_token"]
+                 / relay["bare_grpc_aio_relay"]["router_cpu_us_per_token"], 2)
+
+
 def _alternating_windows(router: ChildProcess, bare: ChildProcess, settings: Settings,
-                         prompts: list[list[int]], source_pids: list[int]):
+                         prompts: list[list[int]], source_pids: list[int], max_tokens: int, num_rounds: int):
     """Router and bare-relay windows in ABBA order, so that the machine's drifts hit both alike."""
     results = {"router": [], "bare": []}
-    for round_index in range(settings.relay_rounds):
+    for round_index in range(num_rounds):
         order = ("router", "bare") if round_index % 2 == 0 else ("bare", "router")
         for name in order:
             child = router if name == "router" else bare
             # The bare relay is in the router's place: its CPU is counted as "router".
             pids = {"router": [child.process.pid], "token_sources": source_pids}
-            results[name].append(asyncio.run(_window(address(child), settings, prompts, pids,
-                                                     settings.relay_max_tokens)))
+            results[name].append(asyncio.run(_window(address(child), settings, prompts, pids, max_tokens)))
     return results["router"], results["bare"]
 
 
@@ -158,25 +170,28 @@ async def _window(router_address: str, settings: Settings, prompts: list[list[in
     """One warm-up and one measured window of sustained load; on_window(is_open) at its ends."""
     target = RouterTarget(router_address)
     try:
-        windows = await sustained(
-            target, prompts, max_tokens, settings.relay_streams, settings.warmup_s, settings.window_s,
-            pids, on_window=None if on_window is None else lambda _, is_open: on_window(is_open))
-        return windows[0]
+        return await sustained(target, prompts, max_tokens, settings.relay_streams, settings.warmup_s,
+                               settings.window_s, pids, on_window)
     finally:
         await target.channel.close()
 
 
 def _profile_report(profile_dir: Path, windows: list[SustainedResult]) -> dict:
-    sampled, profiled, per_request = windows
-    cprofile = summarize_pstats(profile_dir / "window-1.pstats", profiled.num_tokens)
-    cprofile["router_cpu_us_per_token_under_cprofile"] = profiled.as_dict()["router_cpu_us_per_token"]
+    sampled, profiled, sampled_requests, profiled_requests = windows
+    per_token = summarize_pstats(profile_dir / "window-1.pstats", profiled.num_tokens)
+    per_token["router_cpu_us_per_token_under_cprofile"] = profiled.as_dict()["router_cpu_us_per_token"]
+    per_request = summarize_pstats(profile_dir / "window-3.pstats", profiled_requests.num_streams_finished,
+                                   unit="request")
+    per_request["router_cpu_us_per_request_under_cprofile"] = round(
+        1e6 * profiled_requests.cpu_s["router"] / profiled_requests.num_streams_finished, 2)
     return {
         "stack_samples_per_token": summarize_samples(profile_dir / "window-0.json", sampled.num_tokens,
                                                      sampled.cpu_s["router"]),
-        "cprofile_per_token": cprofile,
+        "cprofile_per_token": per_token,
         "stack_samples_per_request": summarize_samples(
-            profile_dir / "window-2.json", per_request.num_streams_finished, per_request.cpu_s["router"],
-            unit="request"),
+            profile_dir / "window-2.json", sampled_requests.num_streams_finished,
+            sampled_requests.cpu_s["router"], unit="request"),
+        "cprofile_per_request": per_request,
     }
 
 

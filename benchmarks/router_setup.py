@@ -54,7 +54,7 @@ FULL = Settings(concurrencies=(1, 32, 200), min_ttft_samples=300, min_rounds=6, 
                 tokens_per_chunk=(1, 8), warmup_s=1.5, window_s=5.0, relay_rounds=4, num_real_workers=2)
 QUICK = Settings(concurrencies=(1, 8), min_ttft_samples=4, min_rounds=2, max_tokens=12,
                  prompt_len=16, relay_streams=16, relay_max_tokens=64, num_token_sources=1,
-                 tokens_per_chunk=(1,), warmup_s=0.4, window_s=1.0, relay_rounds=1, num_real_workers=1)
+                 tokens_per_chunk=(1,), warmup_s=0.3, window_s=0.8, relay_rounds=1, num_real_workers=1)
 
 
 def cluster_config(model_dir: Path, num_decode: int) -> LocalClusterConfig:

@@ -169,13 +169,14 @@ class DecodeService(worker_pb2_grpc.DecodeWorkerServicer):
                     yield stopped
 
     async def _next_event(self, group: SampleGroup):
-        left = group.seconds_left()
-        if left is None:
-            return await group.queue.get()
-        try:
-            return await asyncio.wait_for(group.queue.get(), timeout=max(0.0, left))
-        except TimeoutError:
-            return None
+        if not group.backlog and group.queue.empty():
+            left = group.seconds_left()
+            try:
+                group.backlog.append(await asyncio.wait_for(
+                    group.queue.get(), timeout=None if left is None else max(0.0, left)))
+            except TimeoutError:
+                return None
+        return group.next_batched()
 
     def _chunk(self, group: SampleGroup, output, with_prompt_info: bool):
         index = group.sample_index(output.request_id)

@@ -115,6 +115,9 @@ class _Relay:
         self.selection = Selection(plan.sampling.selection, plan.num_samples,
                                    plan.sampling.selection_m)
         self.held: dict[int, list[inference_pb2.GenerateResponse]] = {}
+        metrics = default_metrics()
+        self._ttft = metrics.ttft_seconds.labels(worker="router", model=model.name)
+        self._itl = metrics.itl_seconds.labels(worker="router", model=model.name)
 
     def on_first_token(self, brain: RoutingBrain):
         """The callback dispatch runs after prefill: records the probe, refines the budget."""
@@ -230,11 +233,9 @@ class _Relay:
         now = time.monotonic()
         if self.first_token_at is None:
             self.first_token_at = now
-            default_metrics().ttft_seconds.labels(worker="router", model=self.model.name).observe(
-                now - self.arrived)
+            self._ttft.observe(now - self.arrived)
         elif self.last_token_at is not None and num_tokens:
-            default_metrics().itl_seconds.labels(worker="router", model=self.model.name).observe(
-                (now - self.last_token_at) / num_tokens)
+            self._itl.observe((now - self.last_token_at) / num_tokens)
         self.last_token_at = now
 
 

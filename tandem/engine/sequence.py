@@ -28,7 +28,9 @@ class FinishReason(enum.StrEnum):
     STOP = "stop"  # EOS, a stop token id or a stop string
     LENGTH = "length"  # max_tokens reached
     ABORT = "abort"  # aborted by the caller
-    PREFILLED = "prefilled"  # prefill-only request: the first token is made, blocks are held
+    # A prefill-only request made its first token without hitting a stop or a limit (whatever the
+    # reason, a prefill-only request keeps its blocks until release).
+    PREFILLED = "prefilled"
 
 
 class TokenSection(enum.Enum):

@@ -47,6 +47,9 @@ class KVTransferConfig:
     # UCX options passed to ucxx.init, names with or without the UCX_ prefix
     # (e.g. {"TLS": "rc,cuda_copy,cuda_ipc", "NET_DEVICES": "mlx5_0:1"}); they override env vars.
     ucx_options: dict[str, str] = field(default_factory=dict)
+    # UCX transports that must be active (prefix match on `ucx_info -d` names, e.g. ("rc", "cuda_copy")):
+    # with UCX_TLS=all, UCX would otherwise quietly settle for whatever it finds, TCP included.
+    required_transports: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("connect_timeout_s", "transfer_timeout_s", "idle_timeout_s", "sweep_interval_s"):

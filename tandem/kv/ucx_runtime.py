@@ -51,8 +51,15 @@ def ensure_ucx(config: KVTransferConfig) -> None:
             f"UCX could not be initialised ({_describe_settings(options)}): {type(error).__name__}: {error}; "
             "check UCX_TLS / UCX_NET_DEVICES name transports and devices this host has "
             "(`ucx_info -d` lists them)") from error
+    active = sorted(ucxx.get_active_transports())
+    missing = [name for name in config.required_transports if not any(t.startswith(name) for t in active)]
+    if missing:
+        shutdown_ucx()
+        raise KVTransportUnavailable(
+            f"UCX started without the required transports {missing} (active: {active}; "
+            f"{_describe_settings(options)}); check UCX_TLS and UCX_NET_DEVICES")
     _bound_loop = loop
-    logger.info("UCX initialised with transports %s", sorted(ucxx.get_active_transports()))
+    logger.info("UCX initialised with transports %s", active)
 
 
 def shutdown_ucx() -> None:

@@ -31,6 +31,9 @@ from tandem.kv.wire import (ACK_NBYTES, ACK_TAG, HEADER_TAG, HELLO_NBYTES, HELLO
 
 logger = logging.getLogger("tandem.kv.sender")
 
+# Reservations whose validation is remembered (a streamed request is sent once per layer).
+_MAX_CHECKED_RESERVATIONS = 256
+
 
 class _ConnectionLost(KVTransferError):
     """The connection broke under a message; the message may be retried on a fresh one."""
@@ -73,6 +76,7 @@ class UCXKVSender:
         self._connections: dict[str, _Connection] = {}
         self._connect_locks: dict[str, asyncio.Lock] = {}
         self._instance_ids: dict[str, bytes] = {}
+        self._checked: dict[tuple, frozenset[int]] = {}
 
     async def send_layer(self, reservation: worker_pb2.Reservation, layer: int,
                          src_block_ids: Sequence[int], dst_block_ids: Sequence[int] | None = None) -> int:
@@ -124,12 +128,23 @@ class UCXKVSender:
         for connection in list(self._connections.values()):
             self._fail(connection, KVTransferError("sender closed"))
 
+    def _writable_blocks(self, reservation: worker_pb2.Reservation) -> frozenset[int]:
+        """The reservation's writable block ids, checked once per reservation (it is sent per layer)."""
+        key = (id(reservation), reservation.request_id, reservation.token, len(reservation.block_ids))
+        writable = self._checked.get(key)
+        if writable is None:
+            check_reservation(reservation, self.layout)
+            writable = frozenset(reservation.block_ids[reservation.num_cached_blocks:])
+            if len(self._checked) >= _MAX_CHECKED_RESERVATIONS:
+                self._checked.pop(next(iter(self._checked)))
+            self._checked[key] = writable
+        return writable
+
     def _plan(self, reservation: worker_pb2.Reservation, layer: int, src_block_ids: Sequence[int],
               dst_block_ids: Sequence[int]) -> list[tuple[int, int, int]]:
-        check_reservation(reservation, self.layout)
+        writable = self._writable_blocks(reservation)
         if not 0 <= layer < self.layout.num_layers:
             raise ValueError(f"layer {layer} is outside 0..{self.layout.num_layers - 1}")
-        writable = set(reservation.block_ids[reservation.num_cached_blocks:])
         foreign = [block_id for block_id in dst_block_ids if block_id not in writable]
         if foreign:
             raise ValueError(f"destination blocks {foreign[:8]} are not writable blocks of reservation "

@@ -56,4 +56,7 @@ def test_profile_ranks_hot_spots(report):
     assert any(row["function"].startswith("router/") for row in per_token["top_inclusive_router_code"])
     assert profile["cprofile_per_token"]["top_self"][0]["calls_per_token"] > 0
     assert profile["stack_samples_per_request"]["num_requests"] > 0
+    assert profile["cprofile_per_request"]["top_cumulative_router_code"]
+    one_token = report["relay_capacity"]["by_tokens_per_chunk"][0]["one_token_requests"]
+    assert one_token["router"]["per_window"][0]["num_streams_finished"] > 0
     assert set(report["goals"]) >= {"latency_goal_met", "relay_goal_met", "worst_added_ms"}

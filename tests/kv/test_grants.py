@@ -169,3 +169,15 @@ async def test_sweeper_expires_leases(released):
     assert await grant.wait(2.0) is GrantState.EXPIRED
     sweeper.cancel()
     assert released == [grant]
+
+
+def test_commit_reports_why_a_write_with_the_grant_token_was_refused(table):
+    grant = table.register("r", [5, 6], 0, 200.0)
+    with pytest.raises(GrantRefused, match="not writable"):
+        table.begin_write(_header(grant, first=7))
+    with pytest.raises(GrantRefused, match="a DATA message was refused: blocks \\[7\\]"):
+        table.commit(_header(grant, MessageKind.COMMIT))
+    table.note_refusal(_header(grant, token=b"x" * 16), "from a stranger")  # not this grant's writer
+    table.note_refusal(_header(grant), "layout mismatch")
+    with pytest.raises(GrantRefused, match="refused: layout mismatch"):
+        table.commit(_header(grant, MessageKind.COMMIT))

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from tandem.api.v1 import worker_pb2
-from tandem.kv.wire import Header, MessageKind, WireLayout, encode_header
+from tandem.kv.wire import Header, MessageKind, WireLayout, encode_headers
 from tests.kv.peers import SPEC, Peer, source_cache, start_receiver, start_sender
 
 pytestmark = pytest.mark.slow
@@ -75,39 +75,43 @@ def test_refused_writes_leave_destination_untouched_and_receiver_serving(peers):
     reservation = worker_pb2.Reservation.FromString(_grant(receiver, "guarded", [40, 41, 42]))
     before = receiver.call("cache")
 
-    wrong_token = worker_pb2.Reservation()
-    wrong_token.CopyFrom(reservation)
+    wrong_token = _copy(reservation)
     wrong_token.token = bytes(16)
-    _assert_refused(sender.call("transfer", wrong_token.SerializeToString(), [0, 1, 2], [0], False),
+    _assert_refused(sender.call("transfer", wrong_token.SerializeToString(), [0, 1, 2], None, True),
                     "token does not match")
 
-    outside = worker_pb2.Reservation()
-    outside.CopyFrom(reservation)
+    outside = _copy(reservation)
     outside.block_ids.append(43)  # forged: block 43 was never granted
-    _assert_refused(sender.call("transfer", outside.SerializeToString(), [0, 1, 2, 3], [0], False), "not writable")
-
-    malformed = bytes(encode_header(_header(reservation, layer=0)))[:-1] + b"\x00"
-    status, (ack_status, reason) = sender.call("raw", address, malformed, 0)
-    assert (status, ack_status, "checksum" in reason) == ("ok", "MALFORMED", True)
+    _assert_refused(sender.call("transfer", outside.SerializeToString(), [0, 1, 2, 3], [0], True),
+                    "blocks [43] of run 40+4 are not writable")
 
     mismatched = Header(MessageKind.DATA, 1, reservation.token, "guarded", 0, 40, 1,
                         WireLayout(SPEC["num_layers"], 8, 2, 8, "float32"), 2 * 8 * 2 * 8 * 4)
-    status, (ack_status, reason) = sender.call("raw", address, bytes(encode_header(mismatched)),
-                                               mismatched.payload_nbytes)
-    assert (ack_status, "layout mismatch" in reason) == ("REFUSED", True)
+    assert sender.call("raw", address, bytes(encode_headers([mismatched])), mismatched.payload_nbytes) == (
+        "ok", "sent")
+
+    malformed = bytes(encode_headers([_header(reservation, layer=0)]))[:-5]
+    status, (ack_status, reason) = sender.call("raw", address, malformed, 0)
+    assert (status, ack_status, "checksum" in reason) == ("ok", "MALFORMED", True)
 
     assert torch.equal(receiver.call("cache"), before)
     logs = "\n".join(receiver.call("logs"))
-    for reason in ("token does not match", "not writable", "malformed header", "layout mismatch"):
+    for reason in ("token does not match", "not writable", "malformed header batch", "layout mismatch"):
         assert reason in logs
 
     assert sender.call("transfer", reservation.SerializeToString(), [0, 1, 2], None, True)[0] == "ok"
     assert receiver.call("wait", "guarded", 5) == "complete"
     _assert_blocks_equal(receiver.call("cache"), source_cache(SEED), [40, 41, 42], [0, 1, 2])
 
-    _assert_refused(sender.call("transfer", reservation.SerializeToString(), [5, 6, 7], [0], False),
+    _assert_refused(sender.call("transfer", reservation.SerializeToString(), [5, 6, 7], [0], True),
                     "complete; its token no longer allows writes")
     _assert_blocks_equal(receiver.call("cache"), source_cache(SEED), [40, 41, 42], [0, 1, 2])
+
+
+def _copy(reservation: worker_pb2.Reservation) -> worker_pb2.Reservation:
+    copy = worker_pb2.Reservation()
+    copy.CopyFrom(reservation)
+    return copy
 
 
 def test_concurrent_requests_to_one_receiver_interleave_correctly(peers):

@@ -15,13 +15,18 @@ _PROGRAM = """
 import asyncio
 from tandem.kv import KVTransferConfig, KVTransportUnavailable, ensure_ucx
 
-async def main():
+async def attempt(config):
     try:
-        ensure_ucx(KVTransferConfig(ucx_options={"UCX_TLS": "rc"}))
+        ensure_ucx(config)
     except KVTransportUnavailable as error:
         print("REFUSED:", error)
     else:
         print("STARTED")
+
+async def main():
+    await attempt(KVTransferConfig(ucx_options={"UCX_TLS": "rc"}))
+    await attempt(KVTransferConfig(ucx_options={"UCX_TLS": "tcp,self"}, required_transports=("rc",)))
+    await attempt(KVTransferConfig(ucx_options={"UCX_TLS": "tcp,self"}, required_transports=("tcp",)))
 
 asyncio.run(main())
 """
@@ -30,6 +35,8 @@ asyncio.run(main())
 def test_unavailable_transport_raises_an_error_naming_ucx_and_the_setting():
     env = {**UCX_ENV, "PATH": "/usr/bin:/bin"}
     result = subprocess.run([sys.executable, "-c", _PROGRAM], env=env, capture_output=True, text=True, timeout=120)
-    assert "REFUSED:" in result.stdout, result.stdout + result.stderr
-    assert "UCX could not be initialised" in result.stdout
-    assert "UCX_TLS=rc" in result.stdout
+    lines = [line for line in result.stdout.splitlines() if line.startswith(("REFUSED", "STARTED"))]
+    assert len(lines) == 3, result.stdout + result.stderr
+    assert "UCX could not be initialised" in lines[0] and "UCX_TLS=rc" in lines[0]
+    assert "without the required transports ['rc']" in lines[1] and "UCX_TLS=tcp,self" in lines[1]
+    assert lines[2] == "STARTED"

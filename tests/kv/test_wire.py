@@ -7,9 +7,9 @@ import struct
 import pytest
 import torch
 
-from tandem.kv.wire import (ACK_NBYTES, HEADER_NBYTES, Ack, AckStatus, Header, Hello, MalformedMessage, MessageKind,
-                            WireLayout, decode_ack, decode_header, decode_hello, encode_ack, encode_header,
-                            encode_hello)
+from tandem.kv.wire import (ACK_NBYTES, MAX_BATCH_NBYTES, MAX_HEADERS_PER_BATCH, Ack, AckStatus, Header, Hello,
+                            MalformedMessage, MessageKind, WireLayout, decode_ack, decode_headers, decode_hello,
+                            encode_ack, encode_headers, encode_hello, payload_tag)
 
 LAYOUT = WireLayout(num_layers=4, block_size=16, num_kv_heads=2, head_dim=8, dtype_name="bfloat16")
 
@@ -21,16 +21,31 @@ def _data_header(**changes) -> Header:
     return Header(**fields)
 
 
-def test_header_round_trips():
-    header = _data_header()
-    encoded = encode_header(header)
-    assert len(encoded) == HEADER_NBYTES
-    assert decode_header(encoded) == header
+def _received(batch: bytes) -> bytes:
+    """What the receiver's zeroed MAX_BATCH_NBYTES buffer holds after receiving `batch`."""
+    return bytes(batch) + bytes(MAX_BATCH_NBYTES - len(batch))
 
 
-def test_commit_header_round_trips_without_payload():
-    header = _data_header(kind=MessageKind.COMMIT, num_blocks=0, payload_nbytes=0)
-    assert decode_header(encode_header(header)) == header
+def test_header_batch_round_trips():
+    headers = [_data_header(seq=seq, layer=seq % 4) for seq in range(1, 6)]
+    headers.append(_data_header(kind=MessageKind.COMMIT, seq=6, num_blocks=0, payload_nbytes=0))
+    assert decode_headers(_received(encode_headers(headers))) == headers
+
+
+def test_full_batch_fits_the_receive_buffer():
+    headers = [_data_header(seq=seq) for seq in range(MAX_HEADERS_PER_BATCH)]
+    encoded = encode_headers(headers)
+    assert len(encoded) == MAX_BATCH_NBYTES
+    assert decode_headers(encoded) == headers
+    with pytest.raises(ValueError, match="batch holds"):
+        encode_headers(headers + headers[:1])
+    with pytest.raises(ValueError, match="batch holds"):
+        encode_headers([])
+
+
+def test_payload_tags_are_distinct_per_message_and_from_control_tags():
+    assert len({payload_tag(seq) for seq in range(1000)}) == 1000
+    assert payload_tag(0) > 4
 
 
 def test_layout_of_tensor_and_bytes_per_block():
@@ -44,51 +59,54 @@ def test_layout_of_tensor_and_bytes_per_block():
 
 
 @pytest.mark.parametrize("mutate, reason", [
-    (lambda raw: raw[:-1], "must be"),  # short
-    (lambda raw: raw + b"\x00", "must be"),  # long
+    (lambda raw: raw[:-5], "checksum"),  # short: the missing bytes read as zeros
+    (lambda raw: raw[:-100], "checksum"),
     (lambda raw: raw[:40] + bytes([raw[40] ^ 1]) + raw[41:], "checksum"),  # corrupted
-    (lambda raw: b"\x00" * len(raw), "checksum"),
+    (lambda raw: raw + b"\x01", "not .* long"),  # trailing bytes beyond the announced count
+    (lambda raw: b"\x00" * len(raw), "bad magic"),
+    (lambda raw: b"XXXX" + raw[4:], "bad magic"),
+    (lambda raw: raw[:4] + struct.pack("<H", 9) + raw[6:], "version"),
+    (lambda raw: raw[:6] + struct.pack("<H", 0) + raw[8:], "announces 0"),
+    (lambda raw: raw[:6] + struct.pack("<H", 65) + raw[8:], "announces 65"),
 ])
-def test_damaged_headers_are_malformed(mutate, reason):
-    raw = bytes(encode_header(_data_header()))
+def test_damaged_batches_are_malformed(mutate, reason):
+    raw = bytes(encode_headers([_data_header(seq=1), _data_header(seq=2)]))
     with pytest.raises(MalformedMessage, match=reason):
-        decode_header(mutate(raw))
+        decode_headers(_received(mutate(raw))[:MAX_BATCH_NBYTES])
 
 
-def _resealed(raw: bytes, offset: int, value: bytes) -> bytes:
-    """A header with one field overwritten and a valid checksum, to reach the semantic checks."""
+def _resealed(header: Header, offset: int, value: bytes) -> bytes:
+    """A one-header batch with a header field overwritten and a valid checksum."""
     import zlib
 
-    body = raw[:offset] + value + raw[offset + len(value):-4]
-    return body + struct.pack("<I", zlib.crc32(body))
+    raw = bytes(encode_headers([header]))
+    body = raw[:8 + offset] + value + raw[8 + offset + len(value):-4]
+    return _received(body + struct.pack("<I", zlib.crc32(body)))
 
 
 @pytest.mark.parametrize("offset, value, reason", [
-    (0, b"XXXX", "bad magic"),
-    (4, struct.pack("<H", 9), "version"),
-    (6, bytes([9]), "unknown message kind"),
-    (7, bytes([65]), "request id length"),
+    (0, bytes([9]), "unknown message kind"),
+    (1, bytes([65]), "request id length"),
+    (2 + 8 + 16, b"\xff" * 4, "not UTF-8"),
 ])
 def test_inconsistent_fields_are_malformed(offset, value, reason):
-    raw = bytes(encode_header(_data_header()))
     with pytest.raises(MalformedMessage, match=reason):
-        decode_header(_resealed(raw, offset, value))
+        decode_headers(_resealed(_data_header(), offset, value))
 
 
 def test_payload_size_must_match_the_announced_blocks():
-    with pytest.raises(MalformedMessage, match="payload"):
-        decode_header(encode_header(_data_header(payload_nbytes=LAYOUT.bytes_per_block)))
-    with pytest.raises(MalformedMessage, match="at least one block"):
-        decode_header(encode_header(_data_header(num_blocks=0, payload_nbytes=0)))
-    with pytest.raises(MalformedMessage, match="no blocks"):
-        decode_header(encode_header(_data_header(kind=MessageKind.ABORT)))
+    for header, reason in [(_data_header(payload_nbytes=LAYOUT.bytes_per_block), "payload"),
+                           (_data_header(num_blocks=0, payload_nbytes=0), "at least one block"),
+                           (_data_header(kind=MessageKind.ABORT), "no blocks")]:
+        with pytest.raises(MalformedMessage, match=reason):
+            decode_headers(_received(encode_headers([header])))
 
 
 def test_encode_rejects_what_cannot_be_framed():
     with pytest.raises(ValueError, match="request id"):
-        encode_header(_data_header(request_id="x" * 65))
+        encode_headers([_data_header(request_id="x" * 65)])
     with pytest.raises(ValueError, match="token"):
-        encode_header(_data_header(token=b"short"))
+        encode_headers([_data_header(token=b"short")])
 
 
 def test_ack_round_trips_and_truncates_long_reasons():
