@@ -24,7 +24,7 @@ from tandem.kv.reservation import make_reservation
 from tandem.serving.engine_loop import EngineFailure, EngineLoop
 from tandem.serving.params import engine_params, logprob_message
 from tandem.serving.worker_identity import WorkerIdentity
-from tandem.telemetry.tracing import server_span
+from tandem.telemetry.tracing import start_server_span
 
 log = logging.getLogger(__name__)
 
@@ -73,22 +73,24 @@ class DecodeService(worker_pb2_grpc.DecodeWorkerServicer):
     # Decode -------------------------------------------------------------------------------
     async def Decode(self, request, context):
         """Streams every sample's tokens until each finishes or the request is cancelled."""
-        with server_span("decode_worker.decode", context.invocation_metadata(),
-                         request_id=request.request_id, colocated=request.colocated):
-            await self._require_accepting(context)
-            group = SampleGroup(request.request_id, max(1, request.sampling.n or 1),
-                                request.budget.max_total_tokens, request.budget.deadline)
-            if group.request_id in self._groups:
-                await context.abort(grpc.StatusCode.ALREADY_EXISTS,
-                                    f"request {group.request_id!r} is already decoding here")
-            self._groups[group.request_id] = group
-            try:
-                await self._start(request, group, context)
-                async for chunk in self._stream(group, request):
-                    yield chunk
-            finally:
-                await self._stop_all(group)
-                self._groups.pop(group.request_id, None)
+        await self._require_accepting(context)
+        group = SampleGroup(request.request_id, max(1, request.sampling.n or 1),
+                            request.budget.max_total_tokens, request.budget.deadline)
+        if group.request_id in self._groups:
+            await context.abort(grpc.StatusCode.ALREADY_EXISTS,
+                                f"request {group.request_id!r} is already decoding here")
+        self._groups[group.request_id] = group
+        span = start_server_span("decode_worker.decode", context.invocation_metadata(),
+                                 request_id=request.request_id, colocated=request.colocated)
+        try:
+            await self._start(request, group, context)
+            async for chunk in self._stream(group, request):
+                yield chunk
+        finally:
+            span.set_attribute("num_tokens", group.num_tokens)
+            span.end()
+            await self._stop_all(group)
+            self._groups.pop(group.request_id, None)
 
     async def _start(self, request, group: SampleGroup, context) -> None:
         prompt = list(request.prompt_token_ids)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 
 import torch
 
@@ -20,6 +21,7 @@ from tandem.kv.transport import KVTransferConfig, KVTransportUnavailable
 logger = logging.getLogger("tandem.kv.ucx")
 
 _bound_loop: asyncio.AbstractEventLoop | None = None
+_is_exit_hook_registered = False
 
 
 def ensure_ucx(config: KVTransferConfig) -> None:
@@ -59,6 +61,7 @@ def ensure_ucx(config: KVTransferConfig) -> None:
             f"UCX started without the required transports {missing} (active: {active}; "
             f"{_describe_settings(options)}); check UCX_TLS and UCX_NET_DEVICES")
     _bound_loop = loop
+    _stop_at_exit()
     logger.info("UCX initialised with transports %s", active)
 
 
@@ -73,6 +76,28 @@ def shutdown_ucx() -> None:
     except Exception as error:
         logger.warning("UCX reset left objects alive: %s", error)
     _bound_loop = None
+
+
+def _stop_at_exit() -> None:
+    """Stops the notifier thread when the interpreter exits, even if shutdown_ucx was not called.
+
+    ucxx's notifier thread is not a daemon, and the interpreter joins such threads BEFORE atexit
+    handlers run, so a process that forgot shutdown_ucx would hang on exit. threading's own
+    pre-join hook (the one concurrent.futures uses) runs early enough to stop it.
+    """
+    global _is_exit_hook_registered
+    if not _is_exit_hook_registered and hasattr(threading, "_register_atexit"):
+        threading._register_atexit(_stop_notifier_quietly)
+        _is_exit_hook_registered = True
+
+
+def _stop_notifier_quietly() -> None:
+    import ucxx
+
+    try:
+        ucxx.stop_notifier_thread()
+    except Exception as error:
+        logger.warning("stopping the UCX notifier thread at exit failed: %s", error)
 
 
 def _describe_settings(options: dict[str, str]) -> str:

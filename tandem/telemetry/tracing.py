@@ -35,6 +35,8 @@ TRACER_NAME = "tandem"
 TRACE_FILE_ENV = "TANDEM_TRACE_FILE"
 _EXPORTER_NAMES = ("none", "console", "otlp")
 _PROPAGATOR = TraceContextTextMapPropagator()
+# A proxy tracer: it follows whichever provider setup_tracing installs, so it is made once.
+_TRACER = trace.get_tracer(TRACER_NAME)
 _setup_lock = threading.Lock()
 _provider: TracerProvider | None = None
 
@@ -99,11 +101,15 @@ def build_tracer_provider(service_name: str) -> TracerProvider:
     return provider
 
 
-def setup_tracing(service_name: str) -> TracerProvider:
-    """Installs the process-wide TracerProvider once (later calls return the first one)."""
+def setup_tracing(service_name: str) -> TracerProvider | None:
+    """Installs the process-wide TracerProvider once (later calls return the first one).
+
+    With no exporter configured nothing is installed: spans are then free no-ops that still
+    carry the incoming trace context on to the next hop.
+    """
     global _provider
     with _setup_lock:
-        if _provider is None:
+        if _provider is None and (configured_exporters() or os.environ.get(TRACE_FILE_ENV)):
             _provider = build_tracer_provider(service_name)
             trace.set_tracer_provider(_provider)
         return _provider
@@ -149,7 +155,7 @@ def _attributes(attrs: dict) -> dict:
 def span(name: str, *, context: Context | None = None, kind: trace.SpanKind = trace.SpanKind.INTERNAL,
          tracer: trace.Tracer | None = None, **attrs) -> Iterator[trace.Span]:
     """Runs the block inside a new current span (a child of `context` or of the current span)."""
-    tracer = tracer or trace.get_tracer(TRACER_NAME)
+    tracer = tracer or _TRACER
     with tracer.start_as_current_span(name, context=context, kind=kind,
                                       attributes=_attributes(attrs)) as current:
         yield current
@@ -168,3 +174,16 @@ def current_trace_id() -> str | None:
     """The current span's trace id as 32 hex digits, or None outside a recording trace."""
     span_context = trace.get_current_span().get_span_context()
     return format(span_context.trace_id, "032x") if span_context.is_valid else None
+
+
+def start_server_span(name: str, metadata: Iterable[tuple[str, str | bytes]] | None,
+                      **attrs) -> trace.Span:
+    """A SERVER span continuing the incoming trace, started but not made current; end() it.
+
+    For streaming handlers (async generators): a current span set inside a generator cannot be
+    detached when the generator is closed from another context, so such handlers hold the span
+    instead of entering it.
+    """
+    return _TRACER.start_span(name, context=extract_context(metadata), kind=trace.SpanKind.SERVER,
+                              attributes=_attributes(attrs))
+
