@@ -144,7 +144,7 @@ async def _tandem_once(sender, pipe, request_id: str, num_used: int) -> float:
     pipe.send(("grant", request_id, num_used))
     reservation = worker_pb2.Reservation.FromString(_reply(pipe))
     start = time.perf_counter()
-    streamer = LayerStreamer(sender, reservation, list(range(num_used)))
+    streamer = LayerStreamer(sender, reservation, list(range(num_used)), num_used * sender.layout.block_size)
     for layer in range(sender.layout.num_layers):
         streamer.on_layer_done(layer)
     await streamer.finish()

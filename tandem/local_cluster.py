@@ -56,6 +56,7 @@ class LocalCluster:
     def __init__(self, config: LocalClusterConfig, run_dir: Path | None = None) -> None:
         self.config = config
         self.run_dir = Path(run_dir or tempfile.mkdtemp(prefix="tandem-"))
+        self.run_dir.mkdir(parents=True, exist_ok=True)
         self.model_dir = resolve_model_dir(config.model)
         self.prefill: list[ChildProcess] = []
         self.decode: list[ChildProcess] = []

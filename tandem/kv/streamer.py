@@ -7,6 +7,8 @@ network and the loop never runs torch compute. UCX runs in thread-progress mode 
 (see ucx_runtime.py), so a waiting send costs no CPU that the compute thread could use.
 With chunked prefill, a layer is reported once per chunk: only blocks already full are sent,
 and the final report (all prompt tokens computed, or `num_computed_tokens=None`) sends the rest.
+Engine hook adapter: for each (request_id, block_ids, start, end) span of the step, call
+`streamers[request_id].on_layer_done(layer, end)`.
 """
 
 from __future__ import annotations
@@ -19,8 +21,7 @@ from collections.abc import Sequence
 import torch
 
 from tandem.api.v1 import worker_pb2
-from tandem.kv.transport import KVTransferError, TransferResult
-from tandem.kv.ucx_sender import UCXKVSender
+from tandem.kv.transport import KVSender, KVTransferError, TransferResult
 
 logger = logging.getLogger("tandem.kv.streamer")
 
@@ -30,8 +31,8 @@ _CUDA_POLL_SECONDS = 0.0002
 class LayerStreamer:
     """Streams one request's KV into its reservation, layer by layer; then commits."""
 
-    def __init__(self, sender: UCXKVSender, reservation: worker_pb2.Reservation, src_block_ids: Sequence[int],
-                 loop: asyncio.AbstractEventLoop | None = None, num_prompt_tokens: int | None = None) -> None:
+    def __init__(self, sender: KVSender, reservation: worker_pb2.Reservation, src_block_ids: Sequence[int],
+                 num_prompt_tokens: int, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.sender = sender
         self.reservation = reservation
         self.src_block_ids = list(src_block_ids)
@@ -39,6 +40,10 @@ class LayerStreamer:
         if len(self.src_block_ids) != len(self.dst_block_ids):
             raise ValueError(f"{len(self.src_block_ids)} source blocks for {len(self.dst_block_ids)} "
                              f"non-cached reserved blocks of request {reservation.request_id!r}")
+        block_size = sender.layout.block_size
+        if num_prompt_tokens <= 0 or -(-num_prompt_tokens // block_size) != len(reservation.block_ids):
+            raise ValueError(f"{num_prompt_tokens} prompt tokens do not fill the {len(reservation.block_ids)} "
+                             f"reserved blocks of {block_size} tokens of request {reservation.request_id!r}")
         self.num_layers = sender.layout.num_layers
         self.num_prompt_tokens = num_prompt_tokens
         self._loop = loop or asyncio.get_running_loop()
@@ -53,7 +58,7 @@ class LayerStreamer:
         self._is_aborted = False
 
     def on_layer_done(self, layer: int, num_computed_tokens: int | None = None) -> None:
-        """Thread-safe: `layer` has written the KV of the first `num_computed_tokens` prompt tokens."""
+        """Thread-safe: `layer` has written the KV of the first `num_computed_tokens` prompt tokens (None: all)."""
         if not 0 <= layer < self.num_layers:
             raise ValueError(f"layer {layer} is outside 0..{self.num_layers - 1}")
         ready = None
@@ -66,8 +71,7 @@ class LayerStreamer:
     def _schedule(self, layer: int, num_computed_tokens: int | None, ready: object, done_at: float) -> None:
         if self._is_aborted or self._is_layer_complete[layer]:
             return
-        is_final = num_computed_tokens is None or (
-            self.num_prompt_tokens is not None and num_computed_tokens >= self.num_prompt_tokens)
+        is_final = num_computed_tokens is None or num_computed_tokens >= self.num_prompt_tokens
         if is_final:
             num_ready = len(self.dst_block_ids)
         else:

@@ -9,11 +9,15 @@ See docs/kv-transfer.md for the wire protocol and the UCX settings that matter o
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import torch
+
 from tandem.api.v1 import worker_pb2
+from tandem.kv.wire import WireLayout
 
 
 class KVTransferError(RuntimeError):
@@ -79,6 +83,14 @@ class TransferResult:
 class KVSender(Protocol):
     """Writes a request's KV blocks into a decode worker's reservation."""
 
+    kv_cache: torch.Tensor  # [num_layers, num_blocks, 2, block_size, num_kv_heads, head_dim]
+    layout: WireLayout
+
+    async def post_layer(self, reservation: worker_pb2.Reservation, layer: int, src_block_ids: Sequence[int],
+                         dst_block_ids: Sequence[int] | None = None) -> asyncio.Future:
+        """Queues one layer's blocks; returns a future of the bytes sent, done once they have left."""
+        ...
+
     async def send_layer(self, reservation: worker_pb2.Reservation, layer: int,
                          src_block_ids: Sequence[int], dst_block_ids: Sequence[int] | None = None) -> int:
         """Sends one layer's blocks; returns the bytes sent."""
@@ -99,6 +111,8 @@ class KVSender(Protocol):
 
 class KVReceiver(Protocol):
     """Accepts KV writes into this worker's cache for the grants in its table."""
+
+    layout: WireLayout
 
     @property
     def address(self) -> str:

@@ -62,6 +62,7 @@ class _Connection:
 
     @property
     def is_usable(self) -> bool:
+        """Whether new messages may be posted on this connection."""
         return self.error is None and not self.endpoint.closed
 
 
@@ -89,28 +90,37 @@ class UCXKVSender:
 
     async def post_layer(self, reservation: worker_pb2.Reservation, layer: int, src_block_ids: Sequence[int],
                          dst_block_ids: Sequence[int] | None = None) -> asyncio.Future:
-        """Posts one layer's runs to UCX; returns a future of the bytes sent, done when they have left.
+        """Queues one layer's runs for posting; returns a future of the bytes sent, done when they have left.
 
-        A COMMIT posted after this returns covers these runs (the receiver answers a commit only
+        A COMMIT queued after this returns covers these runs (the receiver answers a commit only
         after the payloads announced before it on the connection have landed), so a commit need
         not wait for the payloads to complete first.
         """
         if dst_block_ids is None:
             dst_block_ids = reservation.block_ids[reservation.num_cached_blocks:]
         runs = self._plan(reservation, layer, src_block_ids, dst_block_ids)
-        loop = asyncio.get_running_loop()
-        posted = [loop.create_future() for _ in runs]
-        sends = [asyncio.ensure_future(self._send_run(reservation, layer, run, signal))
-                 for run, signal in zip(runs, posted)]
-        for send, signal in zip(sends, posted):
-            send.add_done_callback(lambda _, signal=signal: signal.done() or signal.set_result(None))
-        if posted:
-            await asyncio.wait(posted)
-        return asyncio.ensure_future(self._bytes_sent(sends, sum(count for _, _, count in runs)))
+        queued = []
+        for src_first, dst_first, num_blocks in runs:
+            header = self._header(reservation, MessageKind.DATA, layer, dst_first, num_blocks)
+            payload = self.regions.run(layer, src_first, num_blocks)
+            connection, is_fresh = await self._connection(reservation.kv_address)
+            queued.append((header, payload, connection, is_fresh, await self._enqueue(connection, header, payload)))
+        num_bytes = sum(count for _, _, count in runs) * self.layout.bytes_per_block
+        return asyncio.ensure_future(self._complete_layer(reservation.kv_address, queued, num_bytes))
 
-    async def _bytes_sent(self, sends: list[asyncio.Future], num_blocks: int) -> int:
-        await asyncio.gather(*sends)
-        return num_blocks * self.layout.bytes_per_block
+    async def _complete_layer(self, address: str, queued: list[tuple], num_bytes: int) -> int:
+        """Waits for a layer's queued runs; retries once on a fresh connection a run whose connection broke."""
+        outcomes = await asyncio.gather(*(self._complete(connection, message)
+                                          for _, _, connection, _, message in queued), return_exceptions=True)
+        for (header, payload, _, is_fresh, _), outcome in zip(queued, outcomes):
+            if isinstance(outcome, _ConnectionLost) and not is_fresh:
+                logger.info("KV connection to %s lost (%s); retrying on a fresh one", address, outcome)
+                await self._exchange(address, header, payload, is_retry=True)
+            elif isinstance(outcome, _ConnectionLost):
+                raise KVTransferError(f"KV connection to {address} lost: {outcome}") from outcome
+            elif isinstance(outcome, BaseException):
+                raise outcome
+        return num_bytes
 
     async def commit(self, reservation: worker_pb2.Reservation) -> None:
         """Asks the receiver to complete the grant; raises KVTransferRefused with its reason otherwise."""
@@ -130,7 +140,8 @@ class UCXKVSender:
 
     def _writable_blocks(self, reservation: worker_pb2.Reservation) -> frozenset[int]:
         """The reservation's writable block ids, checked once per reservation (it is sent per layer)."""
-        key = (id(reservation), reservation.request_id, reservation.token, len(reservation.block_ids))
+        key = (id(reservation), reservation.request_id, reservation.token, reservation.kv_address,
+               len(reservation.block_ids), reservation.num_cached_blocks)
         writable = self._checked.get(key)
         if writable is None:
             check_reservation(reservation, self.layout)
@@ -160,18 +171,13 @@ class UCXKVSender:
         return Header(kind, 0, reservation.token, reservation.request_id, layer, dst_first, num_blocks,
                       self.layout, num_blocks * self.layout.bytes_per_block)
 
-    async def _send_run(self, reservation: worker_pb2.Reservation, layer: int, run: tuple[int, int, int],
-                        posted: asyncio.Future) -> None:
-        src_first, dst_first, num_blocks = run
-        header = self._header(reservation, MessageKind.DATA, layer, dst_first, num_blocks)
-        await self._exchange(reservation.kv_address, header, self.regions.run(layer, src_first, num_blocks), posted)
-
     async def _exchange(self, address: str, header: Header, payload: object | None = None,
-                        posted: asyncio.Future | None = None) -> None:
-        for attempt in range(2):
+                        is_retry: bool = False) -> None:
+        """Queues one message and waits for it (and its ack), retrying once on a fresh connection."""
+        for attempt in range(1 if is_retry else 0, 2):
             connection, is_fresh = await self._connection(address)
             try:
-                ack = await self._post(connection, header, payload, posted)
+                ack = await self._complete(connection, await self._enqueue(connection, header, payload))
                 break
             except _ConnectionLost as error:
                 if is_fresh or attempt:
@@ -181,50 +187,59 @@ class UCXKVSender:
             raise KVTransferRefused(f"{address} refused {header.kind.name} of request {header.request_id!r}: "
                                     f"{ack.reason}")
 
-    async def _post(self, connection: _Connection, header: Header, payload: object | None,
-                    posted: asyncio.Future | None) -> Ack | None:
-        timeout = self.config.transfer_timeout_s
+    async def _enqueue(self, connection: _Connection, header: Header, payload: object | None) -> _Outgoing:
+        """Takes a window slot and queues the message for the next flush (slot freed when it has left)."""
         await connection.window.acquire()
+        if not connection.is_usable:
+            connection.window.release()
+            raise _ConnectionLost(f"endpoint unusable: {connection.error or 'closed by the peer'}")
         seq = connection.next_seq
+        connection.next_seq += 1
+        loop = asyncio.get_running_loop()
+        is_control = header.kind is not MessageKind.DATA
+        if is_control:
+            connection.pending_acks[seq] = loop.create_future()
+        message = _Outgoing(dataclasses.replace(header, seq=seq), payload,
+                            np.zeros(ACK_NBYTES, dtype=np.uint8) if is_control else None, loop.create_future())
+        message.posted.add_done_callback(lambda posted: self._release_when_sent(connection, posted))
+        connection.outbox.append(message)
+        if len(connection.outbox) == 1:
+            loop.call_soon(self._flush, connection)
+        return message
+
+    @staticmethod
+    def _release_when_sent(connection: _Connection, posted: asyncio.Future) -> None:
+        if posted.cancelled() or posted.exception() is not None:
+            connection.window.release()
+        else:
+            posted.result().add_done_callback(lambda _: connection.window.release())
+
+    async def _complete(self, connection: _Connection, message: _Outgoing) -> Ack | None:
+        """Waits until a queued message has left (and, for COMMIT/ABORT, its ack); fails the connection on error."""
+        timeout = self.config.transfer_timeout_s
+        seq = message.header.seq
         try:
-            if not connection.is_usable:
-                raise _ConnectionLost(f"endpoint unusable: {connection.error or 'closed by the peer'}")
-            connection.next_seq += 1
-            loop = asyncio.get_running_loop()
-            is_control = header.kind is not MessageKind.DATA
-            if is_control:
-                connection.pending_acks[seq] = loop.create_future()
-            message = _Outgoing(dataclasses.replace(header, seq=seq), payload,
-                                np.zeros(ACK_NBYTES, dtype=np.uint8) if is_control else None, loop.create_future())
-            connection.outbox.append(message)
-            if len(connection.outbox) == 1:
-                loop.call_soon(self._flush, connection)
-            try:
-                async with asyncio.timeout(timeout):
-                    transfers = await message.posted
-                    if posted is not None and not posted.done():
-                        posted.set_result(None)
-                    results = await transfers
-                    errors = [result for result in results if isinstance(result, BaseException)]
-                    if errors:
-                        raise errors[0]
-                    if not is_control:
-                        return None
-                    self._dispatch_ack(connection, message.ack_buffer)
-                    return await asyncio.shield(connection.pending_acks[seq])
-            except TimeoutError:
-                self._fail(connection, KVTransferError(f"no answer within {timeout} s"))
-                raise KVTransferError(f"KV message to {connection.address} timed out after {timeout} s") from None
-            except _ConnectionLost:
-                raise
-            except Exception as error:
-                self._fail(connection, error)
-                raise _ConnectionLost(f"{type(error).__name__}: {error}") from error
+            async with asyncio.timeout(timeout):
+                results = await (await message.posted)
+                errors = [result for result in results if isinstance(result, BaseException)]
+                if errors:
+                    raise errors[0]
+                if message.ack_buffer is None:
+                    return None
+                self._dispatch_ack(connection, message.ack_buffer)
+                return await asyncio.shield(connection.pending_acks[seq])
+        except TimeoutError:
+            self._fail(connection, KVTransferError(f"no answer within {timeout} s"))
+            raise KVTransferError(f"KV message to {connection.address} timed out after {timeout} s") from None
+        except _ConnectionLost:
+            raise
+        except Exception as error:
+            self._fail(connection, error)
+            raise _ConnectionLost(f"{type(error).__name__}: {error}") from error
         finally:
             future = connection.pending_acks.pop(seq, None)
             if future is not None and future.done() and not future.cancelled():
                 future.exception()  # retrieved here so that an unawaited failure is not reported twice
-            connection.window.release()
 
     def _flush(self, connection: _Connection) -> None:
         """Posts every queued message: one header batch, then the payloads, then the ack receives.

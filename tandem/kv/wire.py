@@ -35,6 +35,7 @@ ACK_TAG = 4
 _PAYLOAD_TAG_BASE = 1 << 40
 
 DTYPE_CODES = {"float32": 1, "bfloat16": 2, "float16": 3}
+DTYPE_NBYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 DTYPE_NAMES = {code: name for name, code in DTYPE_CODES.items()}
 
 MAX_HEADERS_PER_BATCH = 64
@@ -100,8 +101,7 @@ class WireLayout:
     @property
     def bytes_per_block(self) -> int:
         """Bytes of one block of one layer (K and V)."""
-        element_size = torch.empty((), dtype=getattr(torch, self.dtype_name)).element_size()
-        return 2 * self.block_size * self.num_kv_heads * self.head_dim * element_size
+        return 2 * self.block_size * self.num_kv_heads * self.head_dim * DTYPE_NBYTES[self.dtype_name]
 
 
 @dataclass(slots=True, frozen=True)

@@ -26,6 +26,7 @@ class LogCapture(logging.Handler):
         self.messages: list[str] = []
 
     def emit(self, record: logging.LogRecord) -> None:
+        """Keeps the formatted message."""
         self.messages.append(record.getMessage())
 
 
@@ -157,12 +158,13 @@ async def _stream(sender, reservation, src_block_ids, num_prompt_tokens: int, ch
 
     from tandem.kv import LayerStreamer
 
-    streamer = LayerStreamer(sender, reservation, src_block_ids, num_prompt_tokens=num_prompt_tokens)
+    streamer = LayerStreamer(sender, reservation, src_block_ids, num_prompt_tokens)
     block_size = sender.layout.block_size
     first_position = reservation.num_cached_blocks * block_size
     weights = torch.randn(256, 256, generator=torch.Generator().manual_seed(7))
 
     def compute() -> None:
+        """Each chunk: every layer writes its new tokens' KV, then reports to the streamer."""
         for end in range(first_position + chunk_tokens, num_prompt_tokens + chunk_tokens, chunk_tokens):
             end = min(end, num_prompt_tokens)
             for layer in range(sender.layout.num_layers):

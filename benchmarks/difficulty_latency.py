@@ -1,0 +1,105 @@
+"""Per-prompt CPU latency of the router's difficulty estimators, one prompt at a time.
+
+The router scores each request before any GPU work, one prompt per call (in a worker thread), so
+what matters is the latency of `score([prompt])` at batch 1. Both estimators are trained on a
+slice of RouteLLM's MMLU data and timed on other MMLU prompts (real lengths: median about 60
+words, up to several hundred). The `features` estimator is the baseline measured in the same
+run; the `embedding` estimator adds a MiniLM forward pass (truncated at 256 tokens) and one
+neighbour lookup over its training prompts. The MiniLM encoder is warmed up before timing.
+
+    .venv/bin/python benchmarks/difficulty_latency.py            # 200 timed prompts
+    .venv/bin/python benchmarks/difficulty_latency.py --threads 1
+    .venv/bin/python benchmarks/difficulty_latency.py --quick    # smoke run
+
+Prints one JSON object. Needs ../shared/data (or $TANDEM_SHARED_DATA).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+# Run as a script, this folder comes first on sys.path and benchmarks/router.py would shadow the
+# `router` package: drop the folder (this script imports nothing that lives beside it).
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from router.difficulty.data import RoutingDataset, load_routing_csvs, shared_data_dir  # noqa: E402
+from router.difficulty.embedding_estimator import EmbeddingEstimator  # noqa: E402
+from router.difficulty.feature_estimator import FeatureEstimator  # noqa: E402
+from router.difficulty.minilm import MiniLMEncoder  # noqa: E402
+
+WEAK = "mistralai/Mixtral-8x7B-Instruct-v0.1"
+STRONG = "gpt-4-1106-preview"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="few prompts (smoke run)")
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    parser.add_argument("--num-train", type=int, default=None, help="training prompts")
+    parser.add_argument("--num-timed", type=int, default=None, help="timed prompts")
+    args = parser.parse_args(argv)
+    args.num_train = args.num_train or (120 if args.quick else 2000)
+    args.num_timed = args.num_timed or (10 if args.quick else 200)
+    if args.threads < 1 or args.num_train < 40 or args.num_timed < 1:
+        parser.error("need --threads >= 1, --num-train >= 40 and --num-timed >= 1")
+    return args
+
+
+def split(dataset: RoutingDataset, num_train: int, num_timed: int) -> tuple[RoutingDataset, list[str]]:
+    """Every other evenly spaced row trains; the rows in between are timed."""
+    order = np.linspace(0, len(dataset) - 1, 2 * max(num_train, num_timed)).round().astype(np.int64)
+    train = dataset.subset(order[0::2][:num_train])
+    return train, [dataset.prompts[i] for i in order[1::2][:num_timed]]
+
+
+def time_per_prompt(score, prompts: list[str]) -> dict[str, float]:
+    """Milliseconds of score([prompt]) for each prompt: median, p90, max and mean."""
+    samples = []
+    for prompt in prompts:
+        started = time.perf_counter()
+        score([prompt])
+        samples.append(1000.0 * (time.perf_counter() - started))
+    samples.sort()
+    return {"p50_ms": round(statistics.median(samples), 3),
+            "p90_ms": round(samples[int(0.9 * (len(samples) - 1))], 3),
+            "max_ms": round(samples[-1], 3), "mean_ms": round(statistics.fmean(samples), 3)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Trains both estimators, times them one prompt at a time and prints JSON."""
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    dataset = load_routing_csvs([str(shared_data_dir() / "routing" / "mmlu" / "mmlu_*.csv")],
+                                "prompt", WEAK, STRONG)
+    train, timed = split(dataset, args.num_train, args.num_timed)
+    encoder = MiniLMEncoder()
+    features = FeatureEstimator().fit(train)
+    embedding = EmbeddingEstimator(embedder=encoder.encode).fit(train)
+    encoder.encode(timed[:4])  # warm-up: first calls allocate and pick kernels
+    feature_times = time_per_prompt(features.score, timed)
+    encode_times = time_per_prompt(encoder.encode, timed)
+    embedding_times = time_per_prompt(embedding.score, timed)
+    words = [len(prompt.split()) for prompt in timed]
+    print(json.dumps({
+        "benchmark": "difficulty_latency",
+        "parameters": {"quick": args.quick, "threads": args.threads, "num_train": len(train),
+                       "num_timed": len(timed), "median_prompt_words": statistics.median(words),
+                       "max_prompt_words": max(words)},
+        "features": feature_times,
+        "minilm_encode_only": encode_times,
+        "embedding": embedding_times,
+        "embedding_over_features_p50": round(embedding_times["p50_ms"] / feature_times["p50_ms"], 1),
+    }, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Difficulty estimation for routing: prompt-level estimators, the hidden-state probe, evaluation."""
