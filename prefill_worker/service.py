@@ -120,16 +120,14 @@ class PrefillService(worker_pb2_grpc.PrefillWorkerServicer):
             if transfer is None:
                 continue
             reservation, num_prompt_tokens = transfer
-            if end < num_prompt_tokens:
-                continue  # earlier chunks are sent with the last one, once the block table is whole
+            # Chunked prefill grows the block table chunk by chunk; each report sends full blocks.
+            source = block_ids[reservation.num_cached_blocks:len(reservation.block_ids)]
             streamer = self._streamers.get(request_id)
             if streamer is None:
-                first = reservation.num_cached_blocks
-                num_blocks = len(reservation.block_ids) - first
-                streamer = LayerStreamer(self.sender, reservation, block_ids[first:first + num_blocks],
-                                         loop=self._aio_loop, num_prompt_tokens=num_prompt_tokens)
+                streamer = LayerStreamer(self.sender, reservation, source, loop=self._aio_loop,
+                                         num_prompt_tokens=num_prompt_tokens)
                 self._streamers[request_id] = streamer
-            streamer.on_layer_done(layer, end)
+            streamer.on_layer_done(layer, end, src_block_ids=source)
 
     def _response(self, request, output, num_bytes: int, exposed: float) -> worker_pb2.PrefillResponse:
         token_id = output.new_token_ids[0]

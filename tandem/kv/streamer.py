@@ -35,9 +35,10 @@ class LayerStreamer:
                  num_prompt_tokens: int, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.sender = sender
         self.reservation = reservation
+        # With chunked prefill the source table grows chunk by chunk (see on_layer_done).
         self.src_block_ids = list(src_block_ids)
         self.dst_block_ids = list(reservation.block_ids[reservation.num_cached_blocks:])
-        if len(self.src_block_ids) != len(self.dst_block_ids):
+        if len(self.src_block_ids) > len(self.dst_block_ids):
             raise ValueError(f"{len(self.src_block_ids)} source blocks for {len(self.dst_block_ids)} "
                              f"non-cached reserved blocks of request {reservation.request_id!r}")
         block_size = sender.layout.block_size
@@ -56,9 +57,16 @@ class LayerStreamer:
         self._completions: list[asyncio.Future] = []
         self._last_layer_done_at = 0.0
         self._is_aborted = False
+        self._failure = ""
+        self._abort_task: asyncio.Future | None = None
 
-    def on_layer_done(self, layer: int, num_computed_tokens: int | None = None) -> None:
-        """Thread-safe: `layer` has written the KV of the first `num_computed_tokens` prompt tokens (None: all)."""
+    def on_layer_done(self, layer: int, num_computed_tokens: int | None = None,
+                      src_block_ids: Sequence[int] | None = None) -> None:
+        """Thread-safe: `layer` has written the KV of the first `num_computed_tokens` prompt tokens (None: all).
+
+        src_block_ids, when given, is the source table as it stands now (it only grows); the final
+        report needs one source block for every non-cached reserved block.
+        """
         if not 0 <= layer < self.num_layers:
             raise ValueError(f"layer {layer} is outside 0..{self.num_layers - 1}")
         ready = None
@@ -66,17 +74,27 @@ class LayerStreamer:
             # Kernels are only queued when the hook runs: the send waits for this event.
             ready = torch.cuda.Event()
             ready.record()
-        self._loop.call_soon_threadsafe(self._schedule, layer, num_computed_tokens, ready, time.perf_counter())
+        source = None if src_block_ids is None else list(src_block_ids)
+        self._loop.call_soon_threadsafe(self._schedule, layer, num_computed_tokens, ready,
+                                        time.perf_counter(), source)
 
-    def _schedule(self, layer: int, num_computed_tokens: int | None, ready: object, done_at: float) -> None:
+    def _schedule(self, layer: int, num_computed_tokens: int | None, ready: object, done_at: float,
+                  source: list[int] | None = None) -> None:
         if self._is_aborted or self._is_layer_complete[layer]:
             return
+        if source is not None and len(source) > len(self.src_block_ids):
+            self.src_block_ids = source[:len(self.dst_block_ids)]
         is_final = num_computed_tokens is None or num_computed_tokens >= self.num_prompt_tokens
+        if is_final and len(self.src_block_ids) < len(self.dst_block_ids):
+            self._fail(f"only {len(self.src_block_ids)} source blocks for {len(self.dst_block_ids)} "
+                       f"reserved blocks at the last layer report")
+            return
         if is_final:
             num_ready = len(self.dst_block_ids)
         else:
             num_full_blocks = num_computed_tokens // self.sender.layout.block_size
-            num_ready = min(len(self.dst_block_ids), max(0, num_full_blocks - self.reservation.num_cached_blocks))
+            num_ready = min(len(self.src_block_ids),
+                            max(0, num_full_blocks - self.reservation.num_cached_blocks))
         start = self._num_sent_blocks[layer]
         if num_ready > start:
             self._num_sent_blocks[layer] = num_ready
@@ -100,7 +118,8 @@ class LayerStreamer:
             raise KVTransferError(f"transfer of request {self.reservation.request_id!r} was aborted")
         await self._all_layers_complete.wait()
         if self._is_aborted:
-            raise KVTransferError(f"transfer of request {self.reservation.request_id!r} was aborted")
+            raise KVTransferError(f"transfer of request {self.reservation.request_id!r} was aborted"
+                                  + (f": {self._failure}" if self._failure else ""))
         try:
             await asyncio.gather(*self._tasks)  # every run is posted: the commit may follow at once
             commit = asyncio.ensure_future(self.sender.commit(self.reservation))
@@ -116,6 +135,13 @@ class LayerStreamer:
             await self.abort(f"transfer failed: {error}")
             raise
         return TransferResult(sum(sent), time.perf_counter() - self._last_layer_done_at)
+
+    def _fail(self, reason: str) -> None:
+        """Ends the transfer from the loop thread: finish() raises with this reason."""
+        logger.error("KV transfer of request %r failed: %s", self.reservation.request_id, reason)
+        self._failure = reason
+        # Held apart from _tasks: abort() cancels those, and must not cancel itself.
+        self._abort_task = asyncio.ensure_future(self.abort(reason))
 
     async def abort(self, reason: str) -> None:
         """Stops sending and tells the receiver to free the blocks (best effort)."""

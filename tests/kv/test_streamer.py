@@ -64,6 +64,29 @@ async def test_chunks_send_only_full_blocks_until_the_final_report():
     assert result.num_bytes == NUM_LAYERS * 4 * sender.layout.bytes_per_block and result.exposed_seconds >= 0
 
 
+async def test_a_growing_source_table_streams_each_chunk_as_it_is_computed():
+    sender = RecordingSender()
+    reservation = _reservation([9, 10, 11, 12], num_cached=0)  # prompt of 16 tokens
+    streamer = LayerStreamer(sender, reservation, [], num_prompt_tokens=16)
+    for end, source in ((8, [1, 2]), (16, [1, 2, 5, 6])):  # chunked prefill: the table grows
+        for layer in range(NUM_LAYERS):
+            streamer.on_layer_done(layer, end, src_block_ids=source)
+        await asyncio.sleep(0)
+    await streamer.finish()
+    first_layer = [(src, dst) for layer, src, dst in sender.posted if layer == 0]
+    assert first_layer == [([1, 2], [9, 10]), ([5, 6], [11, 12])]
+
+
+async def test_a_source_table_short_at_the_last_report_fails_the_transfer():
+    sender = RecordingSender()
+    streamer = LayerStreamer(sender, _reservation([3, 4], 0), [7], num_prompt_tokens=8)
+    for layer in range(NUM_LAYERS):
+        streamer.on_layer_done(layer)
+    with pytest.raises(Exception, match="only 1 source blocks for 2"):
+        await asyncio.wait_for(streamer.finish(), 5)
+    assert sender.events and sender.events[-1].startswith("abort")
+
+
 async def test_reports_from_a_compute_thread_are_all_sent():
     sender = RecordingSender()
     reservation = _reservation([3, 4], num_cached=0)
@@ -100,7 +123,7 @@ async def test_bad_arguments_are_refused():
     sender = RecordingSender()
     reservation = _reservation([3, 4], 0)
     with pytest.raises(ValueError, match="source blocks"):
-        LayerStreamer(sender, reservation, [7], num_prompt_tokens=8)
+        LayerStreamer(sender, reservation, [7, 8, 9], num_prompt_tokens=8)
     with pytest.raises(ValueError, match="prompt tokens"):
         LayerStreamer(sender, reservation, [7, 8], num_prompt_tokens=9)
     streamer = LayerStreamer(sender, reservation, [7, 8], num_prompt_tokens=5)
