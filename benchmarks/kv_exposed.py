@@ -44,11 +44,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--num-layers", type=int, default=MODEL_SHAPE["num_hidden_layers"],
+                        help="layers of the model: what stays exposed is about one layer's send")
+    parser.add_argument("--hidden-size", type=int, default=MODEL_SHAPE["hidden_size"])
     args = parser.parse_args()
+    shape = {**MODEL_SHAPE, "num_hidden_layers": args.num_layers, "hidden_size": args.hidden_size,
+             "intermediate_size": 3 * args.hidden_size}
     lengths = [512, 2048] if args.quick else [512, 2048, 8192]
     repeats = args.repeats or (2 if args.quick else 3)
     with tempfile.TemporaryDirectory(prefix="kv-exposed-") as tmp:
-        model_dir = make_tiny_model(Path(tmp) / "model", **MODEL_SHAPE)
+        model_dir = make_tiny_model(Path(tmp) / "model", **shape)
         config = LocalClusterConfig(
             model=str(model_dir), num_prefill=1, num_decode=1, num_blocks=4 * max(lengths) // 16,
             worker_args=["--max-num-batched-tokens", str(max(lengths)), "--kv-timeout", "120"])
@@ -59,7 +64,7 @@ def main() -> None:
                 grpc.insecure_channel(cluster.worker_address(cluster.prefill[0])))
             results = [_measure(decode, prefill, length, repeats) for length in lengths]
     print(json.dumps({"benchmark": "kv_exposed", "params": {
-        "prompt_lengths": lengths, "repeats": repeats, "model": MODEL_SHAPE,
+        "prompt_lengths": lengths, "repeats": repeats, "model": shape,
         "ucx_tls": os.environ["UCX_TLS"]}, "results": results,
         "goal": "exposed fraction under 0.1"}, indent=2))
 

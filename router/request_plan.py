@@ -52,6 +52,9 @@ class BudgetDefaults:
     thinking: bool | None = None
     temperature: float = 1.0
     num_samples: int = 1
+    # How the samples are reduced when the request does not say (inference_pb2.SelectionRule).
+    selection: int = inference_pb2.SELECTION_RULE_UNSPECIFIED
+    selection_m: int = 0
 
 
 @dataclass(slots=True)
@@ -152,6 +155,8 @@ def _checked_sampling(given: inference_pb2.SamplingParams,
                        f"{sampling.top_logprobs}", "top_logprobs")
     if sampling.n == 0:
         sampling.n = defaults.num_samples
+        if sampling.selection == inference_pb2.SELECTION_RULE_UNSPECIFIED:
+            sampling.selection, sampling.selection_m = defaults.selection, defaults.selection_m
     if not 1 <= sampling.n <= MAX_SAMPLES:
         raise _invalid(f"n must be in [1, {MAX_SAMPLES}], got {sampling.n}", "n")
     is_majority = sampling.selection == inference_pb2.SELECTION_RULE_MAJORITY_OF_FIRST_M

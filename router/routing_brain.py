@@ -16,6 +16,8 @@ from router.request_plan import BudgetDefaults
 from tandem.api.v1 import inference_pb2, worker_pb2
 
 NO_ESTIMATE = -1.0
+SELECTION_RULES = {"first_finished": inference_pb2.SELECTION_RULE_FIRST_FINISHED,
+                   "majority_of_first_m": inference_pb2.SELECTION_RULE_MAJORITY_OF_FIRST_M}
 
 
 @dataclass(slots=True)
@@ -54,22 +56,28 @@ class RoutingBrain:
         defaults = BudgetDefaults(max_tokens=decision.answer_budget + (decision.thinking_budget or 0),
                                   max_thinking_tokens=decision.thinking_budget,
                                   thinking=decision.thinking, temperature=decision.temperature,
-                                  num_samples=decision.num_samples)
+                                  num_samples=decision.num_samples,
+                                  selection=SELECTION_RULES[decision.selection.value],
+                                  selection_m=decision.majority_m)
         return RoutingOutcome(model, defaults, score, self.estimator.name, decision=decision)
 
     def after_prefill(self, outcome: RoutingOutcome, first, budget: worker_pb2.DecodeBudget):
-        """A new decode budget when the probe disagrees with the estimate, else None."""
+        """A tighter decode budget when the probe finds the prompt easier than estimated, else None.
+
+        The probe only tightens: the budget was already checked against the tenant's limits and
+        the context, so it never grows after prefill.
+        """
         if self.policy is None or outcome.decision is None or first.probe_difficulty < 0:
             return None
         refined = self.policy.refine_after_probe(outcome.decision, first.probe_difficulty)
-        if refined is outcome.decision:
+        thinking = refined.thinking_budget if refined.thinking_budget is not None else 0
+        if refined is outcome.decision or not budget.max_thinking_tokens \
+                or thinking >= budget.max_thinking_tokens:
             return None
-        new = worker_pb2.DecodeBudget()
-        new.CopyFrom(budget)
-        if refined.thinking_budget is not None and budget.max_thinking_tokens:
-            new.max_thinking_tokens = min(budget.max_thinking_tokens, refined.thinking_budget) \
-                if refined.thinking_budget < outcome.decision.thinking_budget else refined.thinking_budget
-        return new
+        tighter = worker_pb2.DecodeBudget()
+        tighter.CopyFrom(budget)
+        tighter.max_thinking_tokens = max(1, thinking)
+        return tighter
 
 
 def prompt_text(request: inference_pb2.GenerateRequest) -> str:

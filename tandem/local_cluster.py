@@ -40,6 +40,7 @@ class LocalClusterConfig:
     min_disaggregate_tokens: int = 0
     router_args: list[str] = field(default_factory=list)
     worker_args: list[str] = field(default_factory=list)
+    prefill_args: list[str] = field(default_factory=list)
     decode_args: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
     ready_timeout_s: float = 180.0
@@ -112,6 +113,8 @@ class LocalCluster:
                 "--block-size", str(self.config.block_size), *self.config.worker_args]
         if role == "decode":
             args += ["--kv-host", "127.0.0.1", "--kv-port", "0", *self.config.decode_args]
+        else:
+            args += self.config.prefill_args
         return args
 
     def _router_args(self) -> list[str]:
