@@ -8,7 +8,7 @@ run; the `embedding` estimator adds a MiniLM forward pass (truncated at 256 toke
 neighbour lookup over its training prompts. The MiniLM encoder is warmed up before timing.
 
     .venv/bin/python benchmarks/difficulty_latency.py            # 200 timed prompts
-    .venv/bin/python benchmarks/difficulty_latency.py --threads 1
+    .venv/bin/python benchmarks/difficulty_latency.py --threads 2 --clock wall
     .venv/bin/python benchmarks/difficulty_latency.py --quick    # smoke run
 
 Prints one JSON object. Needs ../shared/data (or $TANDEM_SHARED_DATA).
@@ -45,6 +45,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="few prompts (smoke run)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument("--clock", choices=("cpu", "wall"), default="cpu",
+                        help="cpu: process CPU time (steady on a busy shared machine); wall: elapsed")
     parser.add_argument("--num-train", type=int, default=None, help="training prompts")
     parser.add_argument("--num-timed", type=int, default=None, help="timed prompts")
     args = parser.parse_args(argv)
@@ -62,8 +64,8 @@ def split(dataset: RoutingDataset, num_train: int, num_timed: int) -> tuple[Rout
     return train, [dataset.prompts[i] for i in order[1::2][:num_timed]]
 
 
-def time_per_prompt(scorers: dict[str, Callable[[list[str]], object]],
-                    prompts: list[str]) -> dict[str, dict[str, float]]:
+def time_per_prompt(scorers: dict[str, Callable[[list[str]], object]], prompts: list[str],
+                    clock: Callable[[], float]) -> dict[str, dict[str, float]]:
     """Milliseconds of scorer([prompt]) per prompt: median, p90, max, mean of each scorer.
 
     The scorers take turns on each prompt, so a burst of load on the shared machine hits all of
@@ -72,9 +74,9 @@ def time_per_prompt(scorers: dict[str, Callable[[list[str]], object]],
     samples: dict[str, list[float]] = {name: [] for name in scorers}
     for prompt in prompts:
         for name, score in scorers.items():
-            started = time.perf_counter()
+            started = clock()
             score([prompt])
-            samples[name].append(1000.0 * (time.perf_counter() - started))
+            samples[name].append(1000.0 * (clock() - started))
     summary = {}
     for name, values in samples.items():
         values.sort()
@@ -96,11 +98,13 @@ def main(argv: list[str] | None = None) -> None:
     embedding = EmbeddingEstimator(embedder=encoder.encode).fit(train)
     encoder.encode(timed[:4])  # warm-up: first calls allocate and pick kernels
     times = time_per_prompt({"features": features.score, "minilm_encode_only": encoder.encode,
-                             "embedding": embedding.score}, timed)
+                             "embedding": embedding.score}, timed,
+                            time.process_time if args.clock == "cpu" else time.perf_counter)
     words = [len(prompt.split()) for prompt in timed]
     print(json.dumps({
         "benchmark": "difficulty_latency",
-        "parameters": {"quick": args.quick, "threads": args.threads, "num_train": len(train),
+        "parameters": {"quick": args.quick, "threads": args.threads, "clock": args.clock,
+                       "num_train": len(train),
                        "num_timed": len(timed), "median_prompt_words": statistics.median(words),
                        "max_prompt_words": max(words)},
         **times,

@@ -43,11 +43,15 @@ def run(args: argparse.Namespace) -> int:
     try:
         dataset = load_routing_csvs(args.data, args.prompt_col, args.weak_col, args.strong_col,
                                     args.limit)
+        if args.action == "train" and args.estimator == "probe" and args.model is None:
+            raise ValueError("train --estimator probe needs --model DIR: a probe must be trained "
+                             "on the hidden states of the model it will read")
         make_estimator, hidden_states = estimator_factory(args.estimator, args.model, args.device)
         if args.action == "train":
             return _train(make_estimator, dataset, args.out)
         return _evaluate(make_estimator, dataset, args, hidden_states)
-    except ValueError as error:
+    except (ValueError, OSError, RuntimeError) as error:
+        # Bad input, a missing file or a missing model package: one line, not a traceback.
         print(f"tandem difficulty {args.action}: {error}", file=sys.stderr)
         return 2
 

@@ -101,8 +101,12 @@ class EmbeddingEstimator:
     @classmethod
     def load(cls, directory: str | pathlib.Path,
              embedder: Embedder | None = None) -> EmbeddingEstimator:
-        """Rebuilds an estimator written by `save`; checks the MiniLM weights are the same."""
-        from router.difficulty.minilm import minilm_model_dir, weights_fingerprint
+        """Rebuilds an estimator written by `save`; checks the MiniLM weights are the same.
+
+        Without `embedder`, the MiniLM encoder is built here, so that a router pays its start-up
+        (and learns of a missing package) when it loads the estimator, not on the first request.
+        """
+        from router.difficulty.minilm import MiniLMEncoder, minilm_model_dir, weights_fingerprint
 
         settings = read_manifest(directory, cls.name)
         if settings.get("num_features") != NUM_FEATURES:
@@ -115,7 +119,7 @@ class EmbeddingEstimator:
                              f"{installed}")
         arrays = load_arrays(pathlib.Path(directory) / ARRAYS_FILE)
         estimator = cls(Target(settings["target"]), float(settings["regularization"]),
-                        int(settings["num_neighbours"]), embedder)
+                        int(settings["num_neighbours"]), embedder or MiniLMEncoder().encode)
         estimator.head = LinearHead.from_arrays(arrays, "head.")
         estimator.neighbours = NeighbourTable.from_arrays(arrays, "neighbours.",
                                                           estimator.num_neighbours)

@@ -2,7 +2,7 @@
 
 `prompt_features(prompt)` returns a fixed vector of hand-made features followed by a hashed bag of
 lower-cased words (crc32 into `NUM_HASH_BUCKETS` buckets, log counts): a few regular-expression
-scans and one pass over the words, tens of microseconds per prompt in pure Python, no model.
+scans and one pass over the words: about 0.2 ms for a typical MMLU prompt, in pure Python, no model.
 """
 
 from __future__ import annotations

@@ -88,3 +88,11 @@ def test_train_probe_on_a_model_folder_for_the_prefill_worker(capsys, tmp_path):
     assert head.metadata["hidden_states"] == f"engine:{model_dir.resolve()}"
     hidden = np.zeros(head.hidden_size, dtype=np.float32)
     assert head.score_hidden(hidden[None]).shape == (1,)
+
+
+def test_training_a_probe_needs_the_model_it_will_read(capsys, tmp_path):
+    data = tmp_path / "labels.csv"
+    data.write_text("prompt,weak,strong\nq1,True,True\nq2,False,True\n")
+    assert main(["difficulty", "train", "--data", str(data), "--weak-col", "weak", "--strong-col",
+                 "strong", "--estimator", "probe", "--out", str(tmp_path / "probe")]) == 2
+    assert "needs --model DIR" in capsys.readouterr().err

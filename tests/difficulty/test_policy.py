@@ -132,5 +132,11 @@ def test_the_router_brain_uses_the_policy_as_it_expects():
     assert outcome.defaults.max_tokens == 256 + 512
     budget = worker_pb2.DecodeBudget(max_tokens=768, max_thinking_tokens=512)
     assert brain.after_prefill(outcome, SimpleNamespace(probe_difficulty=0.75), budget) is None
-    refined = brain.after_prefill(outcome, SimpleNamespace(probe_difficulty=1.0), budget)
-    assert refined.max_thinking_tokens == 2048
+    # The probe only tightens: a harder-looking prompt keeps the budget it was admitted with.
+    assert brain.after_prefill(outcome, SimpleNamespace(probe_difficulty=1.0), budget) is None
+    hardest = RoutingBrain(default_model="small", estimator=ConstantEstimator(0.9),
+                           policy=parse_policy(BASE))
+    outcome = asyncio.run(hardest.before_prefill(request, Tenant(name="acme"), {"small", "large"}))
+    budget = worker_pb2.DecodeBudget(max_tokens=2304, max_thinking_tokens=2048)
+    easier = hardest.after_prefill(outcome, SimpleNamespace(probe_difficulty=0.0), budget)
+    assert easier is not None and easier.max_thinking_tokens == 512
