@@ -124,15 +124,14 @@ class Runs:
         return {"prefill_s": first - start, "decode_step_s": statistics.median(step_times)}
 
     def hf_single(self, prompt: list[int], num_output: int) -> dict:
-        """Batch 1 on transformers: generate 1 token, then num_output; the difference is decode."""
-        input_ids = torch.tensor([prompt])
+        """Batch 1 on transformers: prefill time (to the first logits) and median decode step, from
+        the times at which each step's logits reach a recording logits processor."""
+        step_clock = StepClock(self.clock)
         start = self.clock()
-        self._hf_generate(input_ids, None, 1)
-        first = self.clock()
-        self._hf_generate(input_ids, None, num_output)
-        total = self.clock() - first
-        prefill = first - start
-        return {"prefill_s": prefill, "decode_step_s": max(total - prefill, 1e-9) / (num_output - 1)}
+        self._hf_generate(torch.tensor([prompt]), None, num_output, step_clock)
+        times = step_clock.times
+        step_times = [later - earlier for earlier, later in zip(times, times[1:])]
+        return {"prefill_s": times[0] - start, "decode_step_s": statistics.median(step_times)}
 
     def engine_mixed(self, prompts: list[list[int]], outputs: list[int]) -> float:
         """Seconds for the engine to serve all mixed requests (all submitted at once)."""
@@ -173,11 +172,26 @@ class Runs:
         fn()
         return self.clock() - start
 
-    def _hf_generate(self, input_ids: torch.Tensor, mask: torch.Tensor | None, num_new: int) -> None:
+    def _hf_generate(self, input_ids: torch.Tensor, mask: torch.Tensor | None, num_new: int,
+                     step_clock: StepClock | None = None) -> None:
         mask = mask if mask is not None else torch.ones_like(input_ids)
+        processors = [step_clock] if step_clock is not None else []
         with torch.inference_mode():
             self.hf_model.generate(input_ids, attention_mask=mask, do_sample=False, max_new_tokens=num_new,
-                                   min_new_tokens=num_new, pad_token_id=0)
+                                   min_new_tokens=num_new, pad_token_id=0, logits_processor=processors)
+
+
+class StepClock:
+    """A transformers logits processor that changes nothing and records when each step's logits
+    arrive (one call per generated token)."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self.clock = clock
+        self.times: list[float] = []
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        self.times.append(self.clock())
+        return scores
 
 
 def decode_bytes_per_step(engine: LLMEngine, hf_model, context_len: int) -> dict:

@@ -33,7 +33,12 @@ async def _setup(args: argparse.Namespace, loop: EngineLoop, identity: WorkerIde
     config = kv_transfer_config(args)
     ensure_ucx(config)  # fail at start-up, not on the first request, if UCX cannot run here
     sender = UCXKVSender(loop.engine.kv_cache, config)
-    service = PrefillService(loop, sender, identity, probe=_load_probe(args.probe))
+    probe = _load_probe(args.probe)
+    hidden_size = loop.engine.model_config.hidden_size
+    if probe is not None and probe.hidden_size != hidden_size:
+        raise SystemExit(f"--probe {args.probe} reads hidden states of size {probe.hidden_size}, but "
+                         f"the model's hidden size is {hidden_size}: train it on this model")
+    service = PrefillService(loop, sender, identity, probe=probe)
     binding = ServiceBinding(worker_pb2_grpc.add_PrefillWorkerServicer_to_server, service,
                              "tandem.v1.PrefillWorker")
 

@@ -38,7 +38,7 @@ class RoutingBrain:
 
     default_model: str
     estimator: object = None  # has .name and .score(list[str]) -> array in [0, 1]
-    policy: object = None  # tandem.policy.difficulty_policy.RoutingPolicy
+    policy: object = None  # tandem.policy.difficulty_policy.DifficultyPolicy
     defaults: BudgetDefaults = field(default_factory=BudgetDefaults)
 
     async def before_prefill(self, request: inference_pb2.GenerateRequest, tenant: Tenant,

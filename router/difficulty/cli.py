@@ -41,12 +41,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Runs `train` or `eval`; bad input is reported as one line on stderr with exit status 2."""
     try:
-        dataset = load_routing_csvs(args.data, args.prompt_col, args.weak_col, args.strong_col,
-                                    args.limit)
         if args.action == "train" and args.estimator == "probe" and args.model is None:
             raise ValueError("train --estimator probe needs --model DIR: a probe must be trained "
                              "on the hidden states of the model it will read")
         make_estimator, hidden_states = estimator_factory(args.estimator, args.model, args.device)
+        dataset = load_routing_csvs(args.data, args.prompt_col, args.weak_col, args.strong_col,
+                                    args.limit)
         if args.action == "train":
             return _train(make_estimator, dataset, args.out)
         return _evaluate(make_estimator, dataset, args, hidden_states)

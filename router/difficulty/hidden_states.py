@@ -55,6 +55,7 @@ class EngineHiddenStates:
         self._config = None
 
     def __call__(self, prompts: Sequence[str]) -> np.ndarray:
+        """[N, hidden_size] float32: one prefill per prompt, last token's final-norm output."""
         import torch
 
         model, config = self._loaded()

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import csv
 import json
+import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -96,3 +99,13 @@ def test_training_a_probe_needs_the_model_it_will_read(capsys, tmp_path):
     assert main(["difficulty", "train", "--data", str(data), "--weak-col", "weak", "--strong-col",
                  "strong", "--estimator", "probe", "--out", str(tmp_path / "probe")]) == 2
     assert "needs --model DIR" in capsys.readouterr().err
+
+
+@needs_mmlu
+def test_the_latency_benchmark_runs_quick():
+    script = pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / "difficulty_latency.py"
+    result = subprocess.run([sys.executable, str(script), "--quick", "--num-train", "60"],
+                            capture_output=True, text=True, check=True, timeout=300)
+    report = json.loads(result.stdout)
+    assert report["parameters"]["num_train"] == 60 and report["parameters"]["num_timed"] == 10
+    assert report["embedding"]["p50_ms"] > 0 and report["features"]["p50_ms"] > 0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import pathlib
 from dataclasses import replace
@@ -122,21 +121,19 @@ class ConstantEstimator:
         return np.full(len(prompts), self.value)
 
 
-def test_the_router_brain_uses_the_policy_as_it_expects():
-    brain = RoutingBrain(default_model="small", estimator=ConstantEstimator(0.7),
+async def test_the_router_brain_uses_the_policy_as_it_expects():
+    brain = RoutingBrain(default_model="small", estimator=ConstantEstimator(0.9),
                          policy=parse_policy(BASE))
     request = inference_pb2.GenerateRequest(prompt="Prove that sqrt(2) is irrational.")
-    outcome = asyncio.run(brain.before_prefill(request, Tenant(name="acme"), {"small", "large"}))
-    assert outcome.model == "large" and outcome.difficulty == pytest.approx(0.7)
-    assert outcome.defaults.thinking and outcome.defaults.max_thinking_tokens == 512
-    assert outcome.defaults.max_tokens == 256 + 512
-    budget = worker_pb2.DecodeBudget(max_tokens=768, max_thinking_tokens=512)
-    assert brain.after_prefill(outcome, SimpleNamespace(probe_difficulty=0.75), budget) is None
-    # The probe only tightens: a harder-looking prompt keeps the budget it was admitted with.
-    assert brain.after_prefill(outcome, SimpleNamespace(probe_difficulty=1.0), budget) is None
-    hardest = RoutingBrain(default_model="small", estimator=ConstantEstimator(0.9),
-                           policy=parse_policy(BASE))
-    outcome = asyncio.run(hardest.before_prefill(request, Tenant(name="acme"), {"small", "large"}))
+    outcome = await brain.before_prefill(request, Tenant(name="acme"), {"small", "large"})
+    assert outcome.model == "large" and outcome.difficulty == pytest.approx(0.9)
+    defaults = outcome.defaults
+    assert defaults.thinking and defaults.max_thinking_tokens == 2048
+    assert defaults.max_tokens == 256 + 2048 and defaults.num_samples == 3
+    assert defaults.selection == inference_pb2.SELECTION_RULE_MAJORITY_OF_FIRST_M
+    assert defaults.selection_m == 2
     budget = worker_pb2.DecodeBudget(max_tokens=2304, max_thinking_tokens=2048)
-    easier = hardest.after_prefill(outcome, SimpleNamespace(probe_difficulty=0.0), budget)
-    assert easier is not None and easier.max_thinking_tokens == 512
+    # The probe agrees (same band): no new budget. It finds the prompt easier: a tighter one.
+    assert brain.after_prefill(outcome, SimpleNamespace(probe_difficulty=0.85), budget) is None
+    tighter = brain.after_prefill(outcome, SimpleNamespace(probe_difficulty=0.5), budget)
+    assert tighter.max_thinking_tokens == 512 and tighter.max_tokens == 2304
