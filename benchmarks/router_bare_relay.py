@@ -14,12 +14,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
-import signal
 
 import grpc
 
 from tandem.api.v1 import inference_pb2, inference_pb2_grpc, worker_pb2, worker_pb2_grpc
-from tandem.serving.ready_file import write_ready_file
+from router_setup import serve_until_signalled
 
 
 class BareRelay(inference_pb2_grpc.InferenceServicer):
@@ -52,13 +51,7 @@ async def serve(args: argparse.Namespace) -> None:
     inference_pb2_grpc.add_InferenceServicer_to_server(
         BareRelay([a for a in args.decode_workers.split(",") if a]), server)
     port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    write_ready_file(args.ready_file, grpc_port=port)
-    stop = asyncio.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        asyncio.get_running_loop().add_signal_handler(signum, stop.set)
-    await stop.wait()
-    await server.stop(0.5)
+    await serve_until_signalled(server, port, args.ready_file)
 
 
 def main() -> None:

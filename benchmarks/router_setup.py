@@ -115,3 +115,20 @@ def router_command(model_dir: Path, decode_addresses: list[str], profile_dir: Pa
 def address(child: ChildProcess) -> str:
     """host:port of a started child's gRPC port."""
     return f"127.0.0.1:{child.ready['grpc_port']}"
+
+
+async def serve_until_signalled(server, port: int, ready_file: str) -> None:
+    """Starts a grpc.aio server, writes its port to the ready file, and serves until SIGTERM."""
+    import asyncio
+    import signal
+
+    from tandem.serving.ready_file import write_ready_file
+
+    await server.start()
+    write_ready_file(ready_file, grpc_port=port)
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        asyncio.get_running_loop().add_signal_handler(signum, stop.set)
+    await stop.wait()
+    await server.stop(0.5)
+

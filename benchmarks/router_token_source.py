@@ -15,14 +15,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import signal
 from pathlib import Path
 
 import grpc
 
 from tandem.api.v1 import inference_pb2, worker_pb2
 from tandem.engine.tokenizer import Tokenizer
-from tandem.serving.ready_file import write_ready_file
+from router_setup import serve_until_signalled
 
 SERVICE = "tandem.v1.DecodeWorker"
 ANSWER = inference_pb2.TOKEN_SECTION_ANSWER
@@ -120,13 +119,7 @@ async def serve(args: argparse.Namespace) -> None:
     port = server.add_insecure_port("127.0.0.1:0")
     source = TokenSource(Path(args.model), args.tokens_per_chunk, f"token-source-{port}")
     server.add_generic_rpc_handlers((_handler(source),))
-    await server.start()
-    write_ready_file(args.ready_file, grpc_port=port)
-    stop = asyncio.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        asyncio.get_running_loop().add_signal_handler(signum, stop.set)
-    await stop.wait()
-    await server.stop(0.5)
+    await serve_until_signalled(server, port, args.ready_file)
 
 
 def main() -> None:
