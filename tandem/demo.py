@@ -84,12 +84,16 @@ def _openai_requests(base_url: str, prompt: str, max_tokens: int) -> None:
                   reply.usage.completion_tokens, show_latency=False)
     timer, parts = _TokenTimer(), []
     stream = client.chat.completions.create(model=model, messages=messages, max_tokens=max_tokens,
-                                            temperature=0, stream=True)
+                                            temperature=0, stream=True,
+                                            stream_options={"include_usage": True})
+    num_tokens = 0
     for chunk in stream:
         if chunk.choices and chunk.choices[0].delta.content:
             timer.tokens(1)
             parts.append(chunk.choices[0].delta.content)
-    _print_answer("openai chat.completions, stream=True", prompt, "".join(parts), timer, len(parts))
+        if chunk.usage is not None:
+            num_tokens = chunk.usage.completion_tokens
+    _print_answer("openai chat.completions, stream=True", prompt, "".join(parts), timer, num_tokens)
 
 
 class _TokenTimer:
