@@ -156,6 +156,9 @@ async def test_restart_resumes_without_rewriting_and_applies_missed_changes(clus
     async with running_operator():
         await create_td(cluster, "llama", SPEC)
         await wait_for(lambda: len(owned_names(cluster)) == 13)
+        # Stop only once the reconcile has finished (its last write is the status), so that no
+        # write of the first run is left for the restarted operator to make.
+        await wait_for(lambda: _status(cluster).get("observedGeneration") == 1)
     num_writes = len(writes(cluster, DEPLOYMENTS))
 
     num_requests = len(cluster)
