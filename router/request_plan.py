@@ -65,9 +65,7 @@ class RequestPlan:
     sampling: inference_pb2.SamplingParams
     budget: worker_pb2.DecodeBudget
     num_samples: int
-    thinking: bool | None
     deadline: float | None
-    max_cost: float | None
 
 
 def tokenize_input(request: inference_pb2.GenerateRequest, model: ModelEntry,
@@ -136,8 +134,8 @@ def plan_request(request: inference_pb2.GenerateRequest, model: ModelEntry,
         deadline=now + deadline if deadline is not None else 0.0,
         max_total_tokens=max_total_tokens,
         starts_in_thinking=starts_in_thinking)
-    return RequestPlan(prompt, sampling, decode_budget, num_samples, thinking,
-                       None if deadline is None else now + deadline, max_cost)
+    return RequestPlan(prompt, sampling, decode_budget, num_samples,
+                       None if deadline is None else now + deadline)
 
 
 def _checked_sampling(given: inference_pb2.SamplingParams,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import grpc
 
@@ -33,10 +33,8 @@ class WorkerHandle:
     stub: object
     load: worker_pb2.WorkerLoad | None = None
     is_healthy: bool = False
-    last_error: str = ""
     # Requests routed here since the last load report: keeps a burst from piling onto one worker.
     num_inflight_since_poll: int = 0
-    polled_at: float = field(default=0.0)
 
     @property
     def worker_id(self) -> str:
@@ -70,7 +68,6 @@ class WorkerPool:
         self.call_timeout_s = call_timeout_s
         self._workers: dict[str, WorkerHandle] = {}
         self._poller: asyncio.Task | None = None
-        self.changed = asyncio.Event()
 
     def set_endpoints(self, endpoints: list[tuple[str, str]]) -> None:
         """Replaces the set of (address, role) pairs; connects to new ones, drops vanished ones."""
@@ -83,7 +80,6 @@ class WorkerPool:
             if address not in self._workers:
                 self._workers[address] = _connect(address, role)
                 log.info("worker %s (%s) joined", address, role)
-        self.changed.set()
 
     def endpoints(self) -> list[tuple[str, str]]:
         """Every known (address, role), healthy or not."""
@@ -94,10 +90,6 @@ class WorkerPool:
         return [w for w in self._workers.values()
                 if w.role == role and w.is_healthy and w.load is not None and w.load.accepting
                 and (model is None or w.model == model)]
-
-    def by_worker_id(self, worker_id: str) -> WorkerHandle | None:
-        """The handle whose worker reported this id."""
-        return next((w for w in self._workers.values() if w.worker_id == worker_id), None)
 
     def models(self) -> dict[str, worker_pb2.WorkerLoad]:
         """Model name -> one decode worker's load report (carries max_context and layout)."""
@@ -112,7 +104,6 @@ class WorkerPool:
         if handle.is_healthy:
             log.warning("worker %s marked unhealthy: %s", handle.address, error)
         handle.is_healthy = False
-        handle.last_error = error
 
     async def start(self) -> None:
         """Polls every worker once, then keeps polling in the background."""
@@ -155,9 +146,8 @@ class WorkerPool:
             return
         if not handle.is_healthy:
             log.info("worker %s (%s) healthy", handle.address, handle.role)
-        handle.load, handle.is_healthy, handle.last_error = load, True, ""
+        handle.load, handle.is_healthy = load, True
         handle.num_inflight_since_poll = 0
-        handle.polled_at = time.monotonic()
 
 
 def _connect(address: str, role: str) -> WorkerHandle:
