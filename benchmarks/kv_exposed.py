@@ -27,11 +27,10 @@ from pathlib import Path
 os.environ.setdefault("UCX_TLS", "tcp,self")
 os.environ.setdefault("UCX_NET_DEVICES", "lo")
 
-import grpc  # noqa: E402
-
 from tandem.api.v1 import inference_pb2, worker_pb2, worker_pb2_grpc  # noqa: E402
 from tandem.engine.tiny_model import make_tiny_model  # noqa: E402
 from tandem.local_cluster import LocalCluster, LocalClusterConfig  # noqa: E402
+from tandem.serving.worker_auth import authenticated_channel  # noqa: E402
 
 # Big enough that an 8192-token prefill is real work, small enough for a 2-core machine.
 MODEL_SHAPE = dict(hidden_size=512, intermediate_size=1536, num_hidden_layers=8,
@@ -59,9 +58,9 @@ def main() -> None:
             worker_args=["--max-num-batched-tokens", str(max(lengths)), "--kv-timeout", "120"])
         with LocalCluster(config, Path(tmp) / "run") as cluster:
             decode = worker_pb2_grpc.DecodeWorkerStub(
-                grpc.insecure_channel(cluster.worker_address(cluster.decode[0])))
+                authenticated_channel(cluster.worker_address(cluster.decode[0]), cluster.worker_token))
             prefill = worker_pb2_grpc.PrefillWorkerStub(
-                grpc.insecure_channel(cluster.worker_address(cluster.prefill[0])))
+                authenticated_channel(cluster.worker_address(cluster.prefill[0]), cluster.worker_token))
             results = [_measure(decode, prefill, length, repeats) for length in lengths]
     print(json.dumps({"benchmark": "kv_exposed", "params": {
         "prompt_lengths": lengths, "repeats": repeats, "model": shape,

@@ -25,15 +25,15 @@ def latency_part(model_dir: Path, run_dir: Path, settings: Settings, prompts: li
     runs on the same cluster afterwards and its result is returned second."""
     with LocalCluster(cluster_config(model_dir, 1), subfolder(run_dir, "latency-cluster")) as cluster:
         decode_address = cluster.worker_address(cluster.decode[0])
-        entries = asyncio.run(_runs(cluster.grpc_address, decode_address, cluster.router.process.pid,
-                                    settings, prompts))
+        entries = asyncio.run(_runs(cluster.grpc_address, decode_address, cluster.worker_token,
+                                    cluster.router.process.pid, settings, prompts))
         extra = also_on_cluster(cluster) if also_on_cluster is not None else None
     return {"by_concurrency": entries}, extra
 
 
-async def _runs(router_address: str, decode_address: str, router_pid: int, settings: Settings,
-                prompts: list[list[int]]) -> list[dict]:
-    router, direct = RouterTarget(router_address), DirectTarget(decode_address)
+async def _runs(router_address: str, decode_address: str, worker_token: str, router_pid: int,
+                settings: Settings, prompts: list[list[int]]) -> list[dict]:
+    router, direct = RouterTarget(router_address), DirectTarget(decode_address, worker_token)
     entries = []
     try:
         for concurrency in settings.concurrencies:

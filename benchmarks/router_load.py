@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import grpc
 
 from tandem.api.v1 import inference_pb2, inference_pb2_grpc, worker_pb2, worker_pb2_grpc
+from tandem.serving.worker_auth import worker_token_interceptors
 
 CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
@@ -56,8 +57,9 @@ class DirectTarget:
 
     name = "direct"
 
-    def __init__(self, address: str) -> None:
-        self.channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+    def __init__(self, address: str, worker_token: str) -> None:
+        self.channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS,
+                                                 interceptors=worker_token_interceptors(worker_token))
         self.stub = worker_pb2_grpc.DecodeWorkerStub(self.channel)
         self._request_ids = itertools.count()
 

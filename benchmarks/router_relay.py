@@ -26,6 +26,7 @@ from router_setup import (READY_TIMEOUT_S, Settings, address, bare_relay_command
 
 from tandem.local_cluster import LocalCluster
 from tandem.serving.process_group import ChildProcess, stop_children, wait_ready
+from tandem.serving.worker_auth import write_token_file
 
 GOAL_TOKENS_PER_S = 20_000
 # The profiled router's windows after the unprofiled one: (profiler, requests' max_tokens or None
@@ -84,8 +85,9 @@ def _token_source_run(model_dir: Path, run_dir: Path, settings: Settings, prompt
         wait_ready(sources, READY_TIMEOUT_S)
         addresses = [address(s) for s in sources]
         plan = tuple(kind for kind, _ in PROFILE_PLAN) if is_profiled else ()
+        token_file = write_token_file(run_dir / f"worker-token-tpc{tokens_per_chunk}")
         router = start_process(f"router-tpc{tokens_per_chunk}",
-                               router_command(model_dir, addresses, profile_dir, plan), run_dir)
+                               router_command(model_dir, addresses, token_file, profile_dir, plan), run_dir)
         relays.append(router)
         bare = start_process(f"bare-relay-tpc{tokens_per_chunk}", bare_relay_command(addresses), run_dir)
         relays.append(bare)

@@ -99,10 +99,15 @@ def bare_relay_command(decode_addresses: list[str]) -> list[str]:
             "--decode-workers", ",".join(decode_addresses)]
 
 
-def router_command(model_dir: Path, decode_addresses: list[str], profile_dir: Path | None = None,
-                   plan: tuple[str, ...] = ()) -> list[str]:
-    """A colocated-only router; with profile_dir, under router_profile's window profilers (plan)."""
+def router_command(model_dir: Path, decode_addresses: list[str], worker_token_file: Path,
+                   profile_dir: Path | None = None, plan: tuple[str, ...] = ()) -> list[str]:
+    """A colocated-only router; with profile_dir, under router_profile's window profilers (plan).
+
+    Token sources do not check the worker token; the router attaches it all the same, as it does
+    in production.
+    """
     args = ["router", "--model", str(model_dir), "--host", "127.0.0.1", "--grpc-port", "0",
+            "--worker-token-file", str(worker_token_file),
             "--http-port", "0", "--discovery", "static", "--decode-workers", ",".join(decode_addresses),
             "--allow-anonymous", "--min-disaggregate-tokens", str(ALWAYS_COLOCATED),
             "--log-level", "WARNING"]

@@ -1,8 +1,8 @@
 """One decode request's samples: engine ids, shared budgets, and which are still running.
 
-Sample 0 keeps the request id (it owns the reservation); sample i > 0 runs as "<id>#i". The
-request-wide limits, the total-token ceiling (from the cost budget) and the deadline, are enforced
-here, where the tokens are counted.
+Sample 0 keeps the request id (it owns the reservation); sample i > 0 runs as "<id>#i". Engine ids
+map back to samples through a dict, never by parsing. The request-wide limits, the total-token
+ceiling (from the cost budget) and the deadline, are enforced here, where the tokens are counted.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from tandem.engine.request_output import RequestOutput
 from tandem.api.v1 import inference_pb2
 
 CANCELLED = inference_pb2.FINISH_REASON_CANCELLED
+# Parallel samples one request may run (the router allows fewer).
+MAX_SAMPLES = 64
 
 
 @dataclass(slots=True)
@@ -32,18 +34,23 @@ class SampleGroup:
     num_tokens: int = 0
     # Events taken off the queue but not yet streamed (see next_batched).
     backlog: deque = field(default_factory=deque)
+    # Samples whose engine request this Decode made (or claimed), and so must free at the end.
+    owned: set[int] = field(default_factory=set)
+    _index_of: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if not 1 <= self.num_samples <= MAX_SAMPLES:
+            raise ValueError(f"sampling.n must be in [1, {MAX_SAMPLES}], got {self.num_samples}")
         self.running = set(range(self.num_samples))
+        self._index_of = {self.engine_id(index): index for index in range(self.num_samples)}
 
     def engine_id(self, sample_index: int) -> str:
         """The engine's id for one sample."""
         return self.request_id if sample_index == 0 else f"{self.request_id}#{sample_index}"
 
     def sample_index(self, engine_id: str) -> int:
-        """The sample an engine id belongs to."""
-        _, _, suffix = engine_id.partition("#")
-        return int(suffix) if suffix else 0
+        """The sample an engine id belongs to; KeyError if it is not one of this group's."""
+        return self._index_of[engine_id]
 
     def engine_ids(self, sample_indices=None) -> list[str]:
         """Engine ids of the given samples (default: those still running)."""

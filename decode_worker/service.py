@@ -4,6 +4,11 @@ Reserve allocates blocks (reusing cached prefix blocks) and registers a grant th
 prefill worker write them over UCX. Decode claims a completed grant (or prefills the prompt itself
 when colocated) and streams every sample's tokens. Cancel, a closed stream, the deadline, the
 total-token ceiling, or an expired lease free the request's blocks at once.
+
+Every RPC checks its request id before it touches any state. Blocks have one owner at a time: a
+reservation's blocks belong to its grant (freed through the grant table, once no write is in
+flight) until a Decode presenting the grant's token claims them; a Decode frees only what it
+claimed or added to the engine itself.
 """
 
 from __future__ import annotations
@@ -15,27 +20,20 @@ import time
 
 import grpc
 
+from decode_worker.chunks import COST_DETAIL, DecodeFailed, output_chunk, truncate
 from decode_worker.samples import SampleGroup, SampleStopped
 from tandem.api.v1 import inference_pb2, worker_pb2, worker_pb2_grpc
 from tandem.engine.llm_engine import CapacityError
-from tandem.engine.sequence import FinishReason, TokenSection
 from tandem.kv.grants import GrantRefused, GrantState, GrantTable, KVGrant
-from tandem.kv.reservation import make_reservation
+from tandem.kv.reservation import checked_lease_seconds, make_reservation
 from tandem.serving.engine_loop import EngineFailure, EngineLoop
-from tandem.serving.params import engine_params, logprob_message
+from tandem.serving.params import engine_params
+from tandem.serving.request_ids import require_valid_request_id
 from tandem.serving.worker_identity import WorkerIdentity
+from tandem.telemetry.metrics import default_metrics
 from tandem.telemetry.tracing import start_server_span
 
 log = logging.getLogger(__name__)
-
-FINISH_REASONS = {
-    FinishReason.STOP: inference_pb2.FINISH_REASON_STOP,
-    FinishReason.LENGTH: inference_pb2.FINISH_REASON_LENGTH,
-    FinishReason.ABORT: inference_pb2.FINISH_REASON_CANCELLED,
-}
-SECTIONS = {TokenSection.THINKING: inference_pb2.TOKEN_SECTION_THINKING,
-            TokenSection.ANSWER: inference_pb2.TOKEN_SECTION_ANSWER}
-DEFAULT_LEASE_S = 30.0
 
 
 class DecodeService(worker_pb2_grpc.DecodeWorkerServicer):
@@ -54,31 +52,77 @@ class DecodeService(worker_pb2_grpc.DecodeWorkerServicer):
     # Reserve ------------------------------------------------------------------------------
     async def Reserve(self, request, context):
         """Reserves blocks for a prompt under a lease and returns where to write them."""
+        await require_valid_request_id(context, request.request_id)
         await self._require_accepting(context)
-        prompt = list(request.prompt_token_ids)
         try:
-            block_ids, num_cached = await self.loop.call(self.engine.reserve, request.request_id, prompt)
+            lease_s = checked_lease_seconds(request.lease_seconds)
+        except ValueError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        try:
+            # If the caller is gone by the time the blocks are reserved, the grant is ended again.
+            grant = await self.loop.call(self._reserve_on_engine, request.request_id,
+                                         list(request.prompt_token_ids), time.time() + lease_s,
+                                         undo=lambda made: self.grants.cancel(made.request_id))
         except CapacityError as exc:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
         except ValueError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        lease_s = request.lease_seconds if request.lease_seconds > 0 else DEFAULT_LEASE_S
-        grant = self.grants.register(request.request_id, block_ids, num_cached, time.time() + lease_s)
-        return make_reservation(grant, self.kv_address, self.identity.wire_layout, self.identity.worker_id)
+        except Exception as exc:
+            log.exception("reserve of request %r failed", request.request_id)
+            await context.abort(grpc.StatusCode.INTERNAL,
+                                f"reserve of request {request.request_id!r} failed: {exc}")
+        try:
+            return make_reservation(grant, self.kv_address, self.identity.wire_layout,
+                                    self.identity.worker_id)
+        except Exception as exc:
+            log.exception("reservation of request %r cannot be described", request.request_id)
+            self.grants.cancel(grant.request_id)  # its blocks go back with the grant
+            await context.abort(grpc.StatusCode.INTERNAL,
+                                f"reserve of request {request.request_id!r} failed: {exc}")
+
+    def _reserve_on_engine(self, request_id: str, prompt: list[int], lease_expires_at: float) -> KVGrant:
+        """Engine thread: reserves blocks and registers their grant, or leaves nothing reserved.
+
+        Both happen in one engine command, so no Cancel can run between them.
+        """
+        block_ids, num_cached = self.engine.reserve(request_id, prompt)
+        try:
+            return self.grants.register(request_id, block_ids, num_cached, lease_expires_at)
+        except BaseException:
+            self.engine.release(request_id)
+            raise
 
     def on_grant_released(self, grant: KVGrant) -> None:
         """GrantTable callback (any thread): an aborted, cancelled or expired grant frees its blocks."""
-        self.loop.submit_soon(self.engine.release, grant.request_id)
+        self.loop.submit_soon(self._release_grant_blocks, grant.request_id)
+
+    def _release_grant_blocks(self, request_id: str) -> None:
+        """Engine thread: frees an ended grant's blocks; a failure is logged and counted."""
+        try:
+            self.engine.release(request_id)
+        except Exception:
+            log.warning("could not free the blocks of ended grant %r: they stay held", request_id,
+                        exc_info=True)
+            default_metrics().dropped_errors.labels(component="decode_worker",
+                                                    kind="grant_release_failed").inc()
 
     # Decode -------------------------------------------------------------------------------
     async def Decode(self, request, context):
         """Streams every sample's tokens until each finishes or the request is cancelled."""
+        await require_valid_request_id(context, request.request_id)
         await self._require_accepting(context)
-        group = SampleGroup(request.request_id, max(1, request.sampling.n or 1),
-                            request.budget.max_total_tokens, request.budget.deadline)
+        try:
+            group = SampleGroup(request.request_id, request.sampling.n or 1,
+                                request.budget.max_total_tokens, request.budget.deadline)
+        except ValueError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         if group.request_id in self._groups:
             await context.abort(grpc.StatusCode.ALREADY_EXISTS,
                                 f"request {group.request_id!r} is already decoding here")
+        if request.colocated and self.grants.get(group.request_id) is not None:
+            await context.abort(grpc.StatusCode.ALREADY_EXISTS,
+                                f"request {group.request_id!r} holds a reservation here; only a "
+                                "Decode with its token may take it")
         self._groups[group.request_id] = group
         span = start_server_span("decode_worker.decode", context.invocation_metadata(),
                                  request_id=request.request_id, colocated=request.colocated)
@@ -86,6 +130,8 @@ class DecodeService(worker_pb2_grpc.DecodeWorkerServicer):
             await self._start(request, group, context)
             async for chunk in self._stream(group, request):
                 yield chunk
+        except DecodeFailed as exc:
+            await context.abort(grpc.StatusCode.INTERNAL, str(exc))
         finally:
             span.set_attribute("num_tokens", group.num_tokens)
             span.end()
@@ -94,26 +140,38 @@ class DecodeService(worker_pb2_grpc.DecodeWorkerServicer):
 
     async def _start(self, request, group: SampleGroup, context) -> None:
         prompt = list(request.prompt_token_ids)
-        for index in range(group.num_samples):
-            self.loop.open_stream(group.engine_id(index), group.queue)
         try:
+            if request.output_token_ids and (not request.colocated or group.num_samples > 1):
+                raise ValueError("output_token_ids (a migrated sample) needs colocated and n <= 1")
             if request.colocated:
-                params = self._params(request, 0)
-                await self.loop.call(self.engine.add_request, group.engine_id(0), prompt, params)
+                await self._add_sample(group, 0, prompt, self._params(request, 0),
+                                       output_token_ids=list(request.output_token_ids))
             else:
                 await self._claim(request, context)
+                # The claimed reservation's blocks are this Decode's now.
+                group.owned.add(0)
+                self.loop.open_stream(group.engine_id(0), group.queue)
                 group.count_tokens(1)  # the prefill worker's first token counts toward the ceiling
                 params = self._params(request, 0)
                 await self.loop.call(self.engine.add_prefilled_request, group.engine_id(0), prompt,
                                      request.first_token_id, params)
             for index in range(1, group.num_samples):
                 # Later samples share the prompt's KV blocks through the prefix cache.
-                await self.loop.call(self.engine.add_request, group.engine_id(index), prompt,
-                                     self._params(request, index))
+                await self._add_sample(group, index, prompt, self._params(request, index))
         except ValueError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except CapacityError as exc:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+
+    async def _add_sample(self, group: SampleGroup, index: int, prompt: list[int], params,
+                          output_token_ids: list[int] = ()) -> None:
+        """Adds one sample to the engine; from then on this Decode owns (and frees) it."""
+        engine_id = group.engine_id(index)
+        self.loop.open_stream(engine_id, group.queue)
+        await self.loop.call(self.engine.add_request, engine_id, prompt, params,
+                             output_token_ids=output_token_ids,
+                             undo=lambda _: self.engine.abort(engine_id))
+        group.owned.add(index)
 
     async def _claim(self, request, context) -> None:
         grant = self.grants.get(request.request_id)
@@ -129,6 +187,10 @@ class DecodeService(worker_pb2_grpc.DecodeWorkerServicer):
             state = await grant.wait(timeout=left)
         except TimeoutError:
             state = grant.state
+        except asyncio.CancelledError:
+            # The holder of the token is gone: nobody will claim these blocks.
+            self.grants.cancel(request.request_id)
+            raise
         if state is not GrantState.COMPLETE:
             self.grants.cancel(request.request_id)
             await context.abort(grpc.StatusCode.UNAVAILABLE,
@@ -153,21 +215,21 @@ class DecodeService(worker_pb2_grpc.DecodeWorkerServicer):
                     yield chunk
                 return
             if isinstance(event, EngineFailure):
-                raise RuntimeError(event.message)
+                raise DecodeFailed(event.message)
             if isinstance(event, SampleStopped):
                 yield worker_pb2.DecodeChunk(request_id=group.request_id, sample_index=event.sample_index,
                                              finish_reason=event.finish_reason, finish_detail=event.detail)
                 continue
-            chunk = self._chunk(group, event, is_first and request.colocated)
+            chunk = output_chunk(group, event, self.engine.tokenizer, is_first and request.colocated)
             is_first = False
             if chunk is None:
                 continue
-            if _truncate(chunk, group.tokens_left()):
+            if truncate(chunk, group.tokens_left()):
                 group.running.discard(chunk.sample_index)
             yield chunk
             if group.count_tokens(len(chunk.token_ids)) and group.running:
                 for stopped in await self._stop_running(group, inference_pb2.FINISH_REASON_COST,
-                                                        "request token ceiling (max_cost) reached"):
+                                                        COST_DETAIL):
                     yield stopped
 
     async def _next_event(self, group: SampleGroup):
@@ -180,61 +242,46 @@ class DecodeService(worker_pb2_grpc.DecodeWorkerServicer):
                 return None
         return group.next_batched()
 
-    def _chunk(self, group: SampleGroup, output, with_prompt_info: bool):
-        index = group.sample_index(output.request_id)
-        if index not in group.running:
-            return None
-        chunk = worker_pb2.DecodeChunk(
-            request_id=group.request_id, sample_index=index, token_ids=output.new_token_ids,
-            sections=[SECTIONS[s] for s in output.new_sections])
-        if output.new_logprobs:
-            tokenizer = self.engine.tokenizer
-            chunk.logprobs.extend(logprob_message(tokenizer, lp.token_id, lp.logprob, lp.top)
-                                  for lp in output.new_logprobs)
-        if with_prompt_info:
-            chunk.num_cached_prompt_tokens = output.num_cached_prompt_tokens
-            if output.hidden_state is not None:
-                chunk.hidden_state.extend(output.hidden_state.tolist())
-        if output.finished:
-            group.running.discard(index)
-            chunk.finish_reason = FINISH_REASONS.get(output.finish_reason,
-                                                     inference_pb2.FINISH_REASON_STOP)
-            chunk.finish_detail = output.finish_reason.value if output.finish_reason else ""
-        return chunk
-
     async def _stop_running(self, group: SampleGroup, reason: int, detail: str) -> list:
         indices = sorted(group.running)
-        for engine_id in group.engine_ids(indices):
+        for engine_id in group.engine_ids(group.owned.intersection(indices)):
             await self.loop.call(self.engine.abort, engine_id)
         group.running.clear()
         return [worker_pb2.DecodeChunk(request_id=group.request_id, sample_index=i,
                                        finish_reason=reason, finish_detail=detail) for i in indices]
 
     async def _stop_all(self, group: SampleGroup) -> None:
+        """Closes every sample's stream and frees what this Decode owns (and nothing else)."""
         for index in range(group.num_samples):
-            engine_id = group.engine_id(index)
-            self.loop.close_stream(engine_id)
+            self.loop.close_stream(group.engine_id(index))
+        for engine_id in group.engine_ids(group.owned):
             await self.loop.call(self.engine.abort, engine_id)
 
     # Cancel and load ----------------------------------------------------------------------
     async def Cancel(self, request, context):
         """Cancels samples, a decoding request, or an unclaimed reservation; frees blocks at once."""
+        await require_valid_request_id(context, request.request_id)
         group = self._groups.get(request.request_id)
+        num_freed = 0
         if group is not None:
             indices = list(request.sample_indices) or list(range(group.num_samples))
-            num_freed = 0
-            for engine_id in group.engine_ids(group.cancel(indices, request.reason or "cancelled")):
+            stopped = group.cancel(indices, request.reason or "cancelled")
+            for engine_id in group.engine_ids(group.owned.intersection(stopped)):
                 num_freed += await self.loop.call(self.engine.abort, engine_id)
-            return worker_pb2.CancelResponse(found=True, num_freed_blocks=num_freed)
-        # A reservation's blocks go back through on_grant_released, once no write is in flight.
+            if 0 not in stopped or 0 in group.owned:
+                return worker_pb2.CancelResponse(found=True, num_freed_blocks=num_freed)
+        # A reservation (or a Decode still waiting for its KV): its blocks go back through
+        # on_grant_released, once no write is in flight.
         grant = self.grants.cancel(request.request_id)
         if grant is not None:
-            return worker_pb2.CancelResponse(found=True, num_freed_blocks=len(grant.block_ids))
-        num_freed = await self.loop.call(self.engine.abort, request.request_id)
-        return worker_pb2.CancelResponse(found=num_freed > 0, num_freed_blocks=num_freed)
+            num_freed += len(grant.block_ids)
+        return worker_pb2.CancelResponse(found=group is not None or grant is not None,
+                                         num_freed_blocks=num_freed)
 
     async def GetLoad(self, request, context):
-        """The engine's current load."""
+        """The engine's current load (in canary mode, after a canary sweep of the free blocks)."""
+        if self.engine.config.debug_kv_canary:
+            await self.loop.call(self.engine.sweep_kv_canary)
         return self.identity.load(self.loop.stats, worker_pb2.WORKER_ROLE_DECODE, self.is_accepting)
 
     async def _require_accepting(self, context) -> None:
@@ -246,15 +293,3 @@ class DecodeService(worker_pb2_grpc.DecodeWorkerServicer):
     def num_active(self) -> int:
         """Requests decoding or reserved here."""
         return len(self._groups) + len(self.grants)
-
-
-def _truncate(chunk: worker_pb2.DecodeChunk, num_allowed: int | None) -> bool:
-    """Cuts a chunk to the tokens the request-wide ceiling still allows; True if it cut."""
-    if num_allowed is None or len(chunk.token_ids) <= num_allowed:
-        return False
-    del chunk.token_ids[num_allowed:]
-    del chunk.logprobs[num_allowed:]
-    del chunk.sections[num_allowed:]
-    chunk.finish_reason = inference_pb2.FINISH_REASON_COST
-    chunk.finish_detail = "request token ceiling (max_cost) reached"
-    return True

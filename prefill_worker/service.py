@@ -16,11 +16,12 @@ import grpc
 
 from tandem.api.v1 import worker_pb2, worker_pb2_grpc
 from tandem.kv.reservation import check_reservation
-from tandem.kv.streamer import LayerStreamer
+from tandem.kv.streamer import LayerStreamer, check_transfer_fits
 from tandem.kv.transport import KVTransferError
 from tandem.kv.ucx_sender import UCXKVSender
 from tandem.serving.engine_loop import EngineFailure, EngineLoop, StreamClosed
 from tandem.serving.params import engine_params, logprob_message
+from tandem.serving.request_ids import require_valid_request_id
 from tandem.serving.worker_identity import WorkerIdentity
 from tandem.telemetry.metrics import default_metrics
 from tandem.telemetry.tracing import server_span, span
@@ -47,6 +48,7 @@ class PrefillService(worker_pb2_grpc.PrefillWorkerServicer):
 
     async def Prefill(self, request, context):
         """Computes the prompt, streams its KV into the reservation, returns the first token."""
+        await require_valid_request_id(context, request.request_id)
         with server_span("prefill_worker.prefill", context.invocation_metadata(),
                          request_id=request.request_id, num_prompt_tokens=len(request.prompt_token_ids)):
             if not self.is_accepting:
@@ -59,6 +61,8 @@ class PrefillService(worker_pb2_grpc.PrefillWorkerServicer):
                 params = engine_params(request.sampling, self.engine.tokenizer, max_tokens=1)
                 if has_transfer:
                     check_reservation(request.reservation, self.sender.layout)
+                    # Checked here, not in the engine's layer hook, where it would fail the whole batch.
+                    check_transfer_fits(request.reservation, len(prompt), self.sender.layout.block_size)
                     self._transfers[request_id] = (request.reservation, len(prompt))
                 queue = self.loop.open_stream(request_id)
                 await self.loop.call(self.engine.add_request, request_id, prompt, params,
@@ -103,9 +107,10 @@ class PrefillService(worker_pb2_grpc.PrefillWorkerServicer):
         self.loop.close_stream(request_id)
         self._transfers.pop(request_id, None)
         unfinished = self._streamers.pop(request_id, None)
-        await self.loop.call(self._release, request_id)
         if unfinished is not None:
+            # Before the release: its posted sends may still read the blocks.
             await unfinished.abort("prefill ended before the transfer finished")
+        await self.loop.call(self._release, request_id)
 
     def _release(self, request_id: str) -> int:
         try:
@@ -148,6 +153,7 @@ class PrefillService(worker_pb2_grpc.PrefillWorkerServicer):
 
     async def Cancel(self, request, context):
         """Drops a queued or running prefill and aborts its transfer."""
+        await require_valid_request_id(context, request.request_id)
         streamer = self._streamers.pop(request.request_id, None)
         self._transfers.pop(request.request_id, None)
         if streamer is not None:
@@ -158,7 +164,9 @@ class PrefillService(worker_pb2_grpc.PrefillWorkerServicer):
                                          num_freed_blocks=num_freed)
 
     async def GetLoad(self, request, context):
-        """The engine's current load."""
+        """The engine's current load (in canary mode, after a canary sweep of the free blocks)."""
+        if self.engine.config.debug_kv_canary:
+            await self.loop.call(self.engine.sweep_kv_canary)
         return self.identity.load(self.loop.stats, worker_pb2.WORKER_ROLE_PREFILL, self.is_accepting)
 
     @property

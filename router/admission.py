@@ -4,6 +4,9 @@
 (gRPC and HTTP) enforce the same quotas and count the same outcomes. It charges each request an
 estimate on admission (prompt length plus its token budget), corrects the charge with the usage
 reported on the stream's last message, and counts `tandem_requests_total{outcome, model}`.
+Before admission it refuses a bad request id and input too large for the model's context, so that
+a huge request costs nothing. The model label is a served model's name, "auto" (none asked for)
+or "unknown": a client's made-up name never becomes a metric series.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from opentelemetry.context import Context
 
 from router.auth import Tenant
 from router.errors import ErrorCode, RouterError
+from router.request_plan import check_input_size, check_request_id
 from router.service import GenerationService
 from tandem.api.v1 import inference_pb2
 from tandem.policy.quota import QuotaPolicy, Refusal
@@ -67,11 +71,17 @@ class AdmittedService:
     async def generate(self, request: inference_pb2.GenerateRequest, tenant: Tenant, *,
                        trace_context: Context | None = None) -> AsyncIterator[inference_pb2.GenerateResponse]:
         """Admits the request (or raises RESOURCE_EXHAUSTED with a retry hint), then relays the inner stream."""
+        served = {m.id: m.max_context for m in self.inner.list_models()}
+        try:
+            check_request_input(request, served)
+        except RouterError as exc:
+            self._count(exc.code.name.lower(), request.model, served)
+            raise
         estimated = self.estimate_tokens(request)
         with self._lock:
             decision = self.quotas.admit(tenant, estimated, self.clock())
         if isinstance(decision, Refusal):
-            self._count("rejected_quota", request.model)
+            self._count("rejected_quota", request.model, served)
             raise RouterError(ErrorCode.RESOURCE_EXHAUSTED, decision.message, decision.retry_after_s)
         outcome, model = "cancelled", request.model
         num_prompt_tokens = num_generated = None
@@ -104,8 +114,19 @@ class AdmittedService:
                 actual = min(decision.charged_tokens, estimate_prompt_tokens(request) + num_seen_tokens)
             with self._lock:
                 self.quotas.release(decision, actual, self.clock())
-            self._count(outcome, model)
+            self._count(outcome, model, served)
 
-    def _count(self, outcome: str, model: str) -> None:
+    def _count(self, outcome: str, model: str, served: dict[str, int]) -> None:
         if self.metrics is not None:
-            self.metrics.requests.labels(outcome=outcome, model=model or "auto").inc()
+            label = model if model in served else "unknown" if model else "auto"
+            self.metrics.requests.labels(outcome=outcome, model=label).inc()
+
+
+def check_request_input(request: inference_pb2.GenerateRequest, served: dict[str, int]) -> None:
+    """Refuses a bad request id, or input too large for the model asked for (else the widest served)."""
+    check_request_id(request.request_id)
+    if request.model in served:
+        check_input_size(request, served[request.model], request.model)
+    elif served:
+        widest = max(served, key=served.get)
+        check_input_size(request, served[widest], widest)

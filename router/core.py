@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator
 from router.auth import Tenant
 from router.dispatch import Dispatcher, DispatchPlan, FirstToken
 from router.errors import ErrorCode, RouterError
-from router.request_plan import ModelEntry, RequestPlan, plan_request
+from router.request_plan import ModelEntry, RequestPlan, plan_request_off_loop
 from router.routing_brain import RoutingBrain, RoutingOutcome
 from router.sample_text import ANSWER, SampleText, TextPiece
 from router.selection import Selection
@@ -54,7 +54,7 @@ class RouterCore:
         outcome = await self.brain.before_prefill(request, tenant, set(self.models))
         model = self._model(outcome.model, tenant)
         request, defaults = within_tenant_limits(request, outcome.defaults, tenant.policy, tenant.name)
-        plan = plan_request(request, model, defaults)
+        plan = await plan_request_off_loop(request, model, defaults)
         relay = _Relay(request_id, model, plan, outcome, arrived)
         async for response in self._relay(relay):
             yield response
@@ -82,8 +82,7 @@ class RouterCore:
                     for response in relay.handle(event):
                         yield response
                     if relay.selection_decided_with_samples_left():
-                        await self.dispatcher.cancel_samples(dispatch_plan, relay.losers())
-                        break
+                        break  # closing the events cancels the samples still running
         except TimeoutError:
             if relay.first_token_at is None:
                 raise RouterError(ErrorCode.DEADLINE_EXCEEDED,

@@ -2,42 +2,43 @@
 
 A disaggregated request reserves KV blocks on a decode worker, has a prefill worker compute the
 prompt and push its KV there, then decodes. A colocated request is prefilled by the decode worker
-itself. A worker lost before the first token sends the request to another pair; a decode worker lost
-after it resumes the request on another decode worker from the tokens already returned, so the
-client never sees a token twice or out of order. Closing the event stream (client gone, deadline,
-budget) cancels every worker's state at once.
+itself. Every attempt runs under a worker-side request id of its own (the client's id is only a
+label), so two requests never share worker state. A worker that fails or refuses before the first
+token is left out for the rest of the request and another pair is tried (max_attempts). A decode
+worker lost after it migrates each unfinished sample to another decode worker, which goes on from
+the tokens already relayed (migration_limit times per sample), so the client never sees a token
+twice or out of order. Closing the event stream (client gone, deadline, budget, selection) cancels
+every worker's state at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-import grpc
-
+from router.decode_streams import DecodeStream, StreamEnded, StreamSet
 from router.errors import ErrorCode, RouterError
+from router.sample_progress import SampleProgress, resumed_request
+from router.worker_calls import WorkerCalls, WorkerLost
 from router.worker_pool import WorkerHandle, WorkerPool
 from tandem.api.v1 import inference_pb2, worker_pb2
 from tandem.policy.worker_choice import (NoWorkerAvailable, PrefixIndex, WorkerChoiceConfig,
                                          chained_block_hashes, choose_decode_worker,
                                          choose_prefill_worker, should_disaggregate)
-from tandem.telemetry.tracing import inject_context, span
+from tandem.telemetry.metrics import default_metrics
+from tandem.telemetry.tracing import span
 
 log = logging.getLogger(__name__)
-
-# gRPC codes that mean "this worker is gone or refuses": try another pair.
-RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN,
-             grpc.StatusCode.INTERNAL, grpc.StatusCode.DEADLINE_EXCEEDED,
-             grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED}
 
 
 @dataclass(slots=True)
 class DispatchPlan:
     """Everything the workers need for one request, fixed before dispatch."""
 
+    # The client's request id: a label for logs, never sent to a worker.
     request_id: str
     model: str
     prompt_token_ids: list[int]
@@ -61,13 +62,21 @@ class FirstToken:
 
 @dataclass(slots=True)
 class DispatchSettings:
-    """Retry and timing settings of dispatch."""
+    """Retry, migration and timing settings of dispatch."""
 
     choice: WorkerChoiceConfig = field(default_factory=WorkerChoiceConfig)
+    # Worker pairs tried before the first token.
     max_attempts: int = 3
+    # Times each sample may move to another decode worker after its first token (0: never).
+    migration_limit: int = 3
     lease_seconds: float = 30.0
     rpc_timeout_s: float = 600.0
     block_size: int = 16
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1 or self.migration_limit < 0:
+            raise ValueError(f"max_attempts must be >= 1 and migration_limit >= 0, got "
+                             f"{self.max_attempts} and {self.migration_limit}")
 
 
 class Dispatcher:
@@ -77,78 +86,96 @@ class Dispatcher:
         self.pool = pool
         self.settings = settings
         self.prefix_index = PrefixIndex()
-        # Which decode worker streams each request now, so that single samples can be cancelled.
-        self._decoding_on: dict[str, WorkerHandle] = {}
-
-    async def cancel_samples(self, plan: DispatchPlan, sample_indices: list[int]) -> None:
-        """Cancels some samples of a request (the losers of a selection) and frees their blocks."""
-        handle = self._decoding_on.get(plan.request_id)
-        if handle is None or not sample_indices:
-            return
-        await self._cancel(handle, plan.request_id, "selection", sample_indices)
+        self.calls = WorkerCalls(pool, settings.rpc_timeout_s)
 
     async def run(self, plan: DispatchPlan, on_first_token=None) -> AsyncIterator[object]:
-        """Yields FirstToken, then worker_pb2.DecodeChunk messages, in order, exactly once each.
+        """Yields FirstToken, then worker_pb2.DecodeChunk messages (client sample indices), in
+        order, exactly once each, until every sample has finished.
 
         on_first_token(FirstToken) may return a new DecodeBudget (the router refines the budget
         from the prefill probe) before decoding starts.
         """
-        emitted: list[int] = []
-        attempts = 0
-        while True:
-            attempts += 1
-            try:
-                async for event in self._attempt(plan, emitted, on_first_token):
-                    if isinstance(event, FirstToken):
-                        emitted.append(event.token_id)
-                    elif plan.num_samples == 1:
-                        emitted.extend(event.token_ids)
+        progress = SampleProgress(plan.num_samples, plan.budget.max_total_tokens)
+        excluded: set[str] = set()  # workers that failed or refused this request
+        streams = StreamSet(self.calls.read)
+        try:
+            for event in await self._first_token(plan, excluded, streams, on_first_token):
+                if isinstance(event, FirstToken):
+                    progress.record_first_token(event.token_id)
                     yield event
-                return
-            except _WorkerLost as lost:
-                can_resume = not emitted or plan.num_samples == 1
-                if attempts >= self.settings.max_attempts or not can_resume:
-                    raise RouterError(ErrorCode.UNAVAILABLE,
-                                      f"request {plan.request_id} failed after {attempts} "
-                                      f"attempt(s): {lost}") from None
-                log.warning("request %s: %s; retrying (attempt %d)", plan.request_id, lost,
-                            attempts + 1)
+                    continue
+                for chunk in progress.record(event):
+                    yield chunk
+            while progress.unfinished():
+                if not streams.active:
+                    raise RouterError(ErrorCode.INTERNAL, f"request {plan.request_id}: samples "
+                                      f"{progress.unfinished()} have no stream left")
+                stream, event = await streams.next_event()
+                if isinstance(event, worker_pb2.DecodeChunk):
+                    for chunk in progress.record(stream.client_chunk(event)):
+                        yield chunk
+                elif isinstance(event, RouterError):
+                    raise event
+                elif isinstance(event, StreamEnded) and stream.is_done:
+                    streams.active.remove(stream)
+                else:
+                    await self._migrate(plan, stream, event, progress, excluded, streams)
+        finally:
+            for stream in list(streams.active):
+                await self.calls.close(streams, stream, "stream-closed")
 
-    async def _attempt(self, plan: DispatchPlan, emitted: list[int], on_first_token):
+    # Before the first token ---------------------------------------------------------------
+    async def _first_token(self, plan: DispatchPlan, excluded: set[str], streams: StreamSet,
+                           on_first_token) -> list[object]:
+        attempt = 1
+        while True:
+            try:
+                return await self._attempt(plan, excluded, streams, on_first_token)
+            except WorkerLost as lost:
+                excluded.add(lost.worker_id)
+                if attempt >= self.settings.max_attempts:
+                    raise RouterError(ErrorCode.UNAVAILABLE, f"request {plan.request_id} failed "
+                                      f"after {attempt} attempt(s): {lost}") from None
+                attempt += 1
+                log.warning("request %s: %s; retrying without it (attempt %d)", plan.request_id,
+                            lost, attempt)
+
+    async def _attempt(self, plan: DispatchPlan, excluded: set[str], streams: StreamSet,
+                       on_first_token) -> list[object]:
         hashes = chained_block_hashes(plan.prompt_token_ids, self.settings.block_size)
-        decode = self._choose_decode(plan.model, hashes)
-        if emitted:
-            # Resume: the new decode worker prefills prompt + returned tokens and continues.
-            resumed = _resumed_plan(plan, emitted)
-            async for chunk in self._decode(decode, resumed, colocated=True, first_token_id=0):
-                yield chunk
-            return
-        prefill, reason = self._choose_prefill(plan, hashes, decode)
-        log.debug("request %s: decode %s, prefill %s (%s)", plan.request_id, decode.worker_id,
-                  prefill.worker_id if prefill else "colocated", reason)
-        self.prefix_index.record(decode.worker_id, hashes)
-        decode.num_inflight_since_poll += 1
+        decode = self._choose_decode(plan.model, hashes, excluded)
+        prefill, reason = self._choose_prefill(plan, hashes, decode, excluded)
+        self._route_to(decode, hashes)
+        worker_request_id = uuid.uuid4().hex
+        log.debug("request %s (worker id %s): decode %s, prefill %s (%s)", plan.request_id,
+                  worker_request_id, decode.worker_id, prefill.worker_id if prefill else "colocated",
+                  reason)
         if prefill is None:
-            async for event in self._colocated(decode, plan, on_first_token):
-                yield event
-            return
+            return await self._colocated(decode, plan, worker_request_id, streams, on_first_token)
         prefill.num_inflight_since_poll += 1
-        async for event in self._disaggregated(prefill, decode, plan, on_first_token):
-            yield event
+        return await self._disaggregated(prefill, decode, plan, worker_request_id, streams,
+                                         on_first_token)
 
-    def _choose_decode(self, model: str, hashes: list[int]) -> WorkerHandle:
-        handles = self.pool.healthy("decode", model)
+    def _choose_decode(self, model: str, hashes: list[int], excluded: set[str]) -> WorkerHandle:
+        handles = [h for h in self.pool.healthy("decode", model) if h.worker_id not in excluded]
         try:
             choice = choose_decode_worker([h.snapshot() for h in handles], hashes,
                                           self.prefix_index, self.settings.choice)
         except NoWorkerAvailable as exc:
-            raise RouterError(ErrorCode.UNAVAILABLE, f"no decode worker for model {model!r}: {exc}")
+            raise RouterError(ErrorCode.UNAVAILABLE, f"no decode worker for model {model!r} "
+                              f"({len(excluded)} failed or refused this request): {exc}") from None
         return next(h for h in handles if h.worker_id == choice.worker_id)
 
-    def _choose_prefill(self, plan: DispatchPlan, hashes: list[int], decode: WorkerHandle):
+    def _route_to(self, decode: WorkerHandle, hashes: list[int]) -> None:
+        """Notes a decision: the worker will hold these blocks and has one more request coming."""
+        self.prefix_index.record(decode.worker_id, hashes)
+        decode.num_inflight_since_poll += 1
+
+    def _choose_prefill(self, plan: DispatchPlan, hashes: list[int], decode: WorkerHandle,
+                        excluded: set[str]):
         if plan.force_colocated:
             return None, "colocated by policy"
-        handles = self.pool.healthy("prefill", plan.model)
+        handles = [h for h in self.pool.healthy("prefill", plan.model) if h.worker_id not in excluded]
         num_cached_blocks = self.prefix_index.match(hashes).get(decode.worker_id, 0)
         num_uncached = max(0, len(plan.prompt_token_ids) - num_cached_blocks * self.settings.block_size)
         is_split, reason = should_disaggregate(num_uncached, [h.snapshot() for h in handles],
@@ -159,140 +186,121 @@ class Dispatcher:
                                        self.settings.choice)
         return next(h for h in handles if h.worker_id == choice.worker_id), reason
 
-    async def _colocated(self, decode: WorkerHandle, plan: DispatchPlan, on_first_token):
-        is_first = True
-        async for chunk in self._decode(decode, plan, colocated=True, first_token_id=0):
-            if is_first and chunk.token_ids:
-                is_first = False
-                first = FirstToken(chunk.token_ids[0], chunk.logprobs[0] if chunk.logprobs else None,
-                                   list(chunk.hidden_state), -1.0, chunk.num_cached_prompt_tokens,
-                                   is_disaggregated=False)
-                if on_first_token is not None:
-                    on_first_token(first)
-                yield first
-                rest = worker_pb2.DecodeChunk()
-                rest.CopyFrom(chunk)
-                del rest.token_ids[0]
-                if rest.logprobs:
-                    del rest.logprobs[0]
-                if rest.sections:
-                    del rest.sections[0]
-                if rest.token_ids or rest.finish_reason:
-                    yield rest
-                continue
-            yield chunk
-
-    async def _disaggregated(self, prefill: WorkerHandle, decode: WorkerHandle,
-                             plan: DispatchPlan, on_first_token):
-        reservation = await self._reserve(decode, plan)
+    async def _colocated(self, decode: WorkerHandle, plan: DispatchPlan, worker_request_id: str,
+                         streams: StreamSet, on_first_token) -> list[object]:
+        request = worker_pb2.DecodeRequest(
+            request_id=worker_request_id, prompt_token_ids=plan.prompt_token_ids, colocated=True,
+            sampling=plan.sampling, budget=plan.budget)
+        stream = self.calls.open_decode(decode, request, list(range(plan.num_samples)))
+        # Chunks of other samples that come before sample 0's first token wait for it, so that a
+        # retry after a failure here repeats nothing the client has seen.
+        held: list[worker_pb2.DecodeChunk] = []
         try:
-            response = await self._prefill(prefill, plan, reservation)
+            while True:
+                chunk = await self.calls.read(stream)
+                if chunk is None:
+                    raise WorkerLost(decode.worker_id, "the stream ended before the first token")
+                chunk = stream.client_chunk(chunk)
+                if chunk.sample_index == 0:
+                    break
+                held.append(chunk)
         except BaseException:
-            await self._cancel(decode, plan.request_id, "prefill-failed")
+            await self.calls.close(streams, stream, "first-token-failed")
+            raise
+        streams.start(stream)
+        if not chunk.token_ids:
+            return [chunk, *held]
+        first = FirstToken(chunk.token_ids[0], chunk.logprobs[0] if chunk.logprobs else None,
+                           list(chunk.hidden_state), -1.0, chunk.num_cached_prompt_tokens,
+                           is_disaggregated=False)
+        if on_first_token is not None:
+            on_first_token(first)
+        del chunk.token_ids[0]
+        if chunk.logprobs:
+            del chunk.logprobs[0]
+        if chunk.sections:
+            del chunk.sections[0]
+        rest = [chunk] if chunk.token_ids or chunk.finish_reason else []
+        return [first, *rest, *held]
+
+    async def _disaggregated(self, prefill: WorkerHandle, decode: WorkerHandle, plan: DispatchPlan,
+                             worker_request_id: str, streams: StreamSet,
+                             on_first_token) -> list[object]:
+        reservation = await self._reserve(decode, plan, worker_request_id)
+        try:
+            response = await self._prefill(prefill, plan, worker_request_id, reservation)
+        except BaseException:
+            await self.calls.cancel(decode, worker_request_id, "prefill-failed")
             raise
         first = FirstToken(response.first_token_id, response.first_token_logprob,
                            list(response.hidden_state), response.probe_difficulty,
                            reservation.num_cached_blocks * self.settings.block_size,
                            is_disaggregated=True)
         budget = on_first_token(first) if on_first_token is not None else None
-        yield first
         if budget is not None:
             plan.budget.CopyFrom(budget)
-        if _is_finished_after_first(plan):
-            await self._cancel(decode, plan.request_id, "finished-at-first-token")
-            return
-        async for chunk in self._decode(decode, plan, colocated=False,
-                                        first_token_id=response.first_token_id,
-                                        reservation_token=reservation.token):
-            yield chunk
+        # Decode runs even for one token: the decode worker says how the sample ended (STOP or
+        # LENGTH) and takes over the reserved blocks.
+        request = worker_pb2.DecodeRequest(
+            request_id=worker_request_id, reservation_token=reservation.token,
+            first_token_id=response.first_token_id, prompt_token_ids=plan.prompt_token_ids,
+            colocated=False, sampling=plan.sampling, budget=plan.budget)
+        streams.start(self.calls.open_decode(decode, request, list(range(plan.num_samples))))
+        return [first]
 
-    async def _reserve(self, decode: WorkerHandle, plan: DispatchPlan) -> worker_pb2.Reservation:
-        request = worker_pb2.ReserveRequest(request_id=plan.request_id,
+    async def _reserve(self, decode: WorkerHandle, plan: DispatchPlan,
+                       worker_request_id: str) -> worker_pb2.Reservation:
+        request = worker_pb2.ReserveRequest(request_id=worker_request_id,
                                             prompt_token_ids=plan.prompt_token_ids,
                                             lease_seconds=self.settings.lease_seconds,
                                             num_samples=plan.num_samples)
         with span("router.reserve", worker=decode.worker_id):
-            return await self._unary(decode, decode.stub.Reserve, request)
+            return await self.calls.unary(decode, decode.stub.Reserve, request)
 
-    async def _prefill(self, prefill: WorkerHandle, plan: DispatchPlan,
+    async def _prefill(self, prefill: WorkerHandle, plan: DispatchPlan, worker_request_id: str,
                        reservation: worker_pb2.Reservation) -> worker_pb2.PrefillResponse:
-        request = worker_pb2.PrefillRequest(request_id=plan.request_id,
+        request = worker_pb2.PrefillRequest(request_id=worker_request_id,
                                             prompt_token_ids=plan.prompt_token_ids,
                                             sampling=plan.sampling, reservation=reservation,
                                             return_hidden_state=True)
         with span("router.prefill", worker=prefill.worker_id):
             try:
-                return await self._unary(prefill, prefill.stub.Prefill, request)
+                return await self.calls.unary(prefill, prefill.stub.Prefill, request)
             except asyncio.CancelledError:
-                await self._cancel(prefill, plan.request_id, "client-gone")
+                await self.calls.cancel(prefill, worker_request_id, "client-gone")
                 raise
 
-    async def _unary(self, handle: WorkerHandle, method, request):
+    # After the first token ----------------------------------------------------------------
+    async def _migrate(self, plan: DispatchPlan, stream: DecodeStream, event: object,
+                       progress: SampleProgress, excluded: set[str], streams: StreamSet) -> None:
+        """Moves each unfinished sample of a lost stream to another decode worker."""
+        lost = event if isinstance(event, WorkerLost) else WorkerLost(
+            stream.handle.worker_id, "the stream ended before every sample finished")
+        await streams.stop(stream)
+        excluded.add(lost.worker_id)
         try:
-            return await method(request, timeout=self.settings.rpc_timeout_s,
-                                metadata=inject_context([]))
-        except grpc.aio.AioRpcError as exc:
-            raise self._classify(handle, exc) from None
-
-    async def _decode(self, decode: WorkerHandle, plan: DispatchPlan, *, colocated: bool,
-                      first_token_id: int, reservation_token: bytes = b""):
-        request = worker_pb2.DecodeRequest(
-            request_id=plan.request_id, reservation_token=reservation_token,
-            first_token_id=first_token_id, prompt_token_ids=plan.prompt_token_ids,
-            colocated=colocated, sampling=plan.sampling, budget=plan.budget)
-        call = decode.stub.Decode(request, timeout=self.settings.rpc_timeout_s,
-                                  metadata=inject_context([]))
-        finished = 0
-        self._decoding_on[plan.request_id] = decode
-        try:
-            with span("router.decode", worker=decode.worker_id, colocated=colocated):
-                async for chunk in call:
-                    if chunk.finish_reason:
-                        finished += 1
-                    yield chunk
-        except grpc.aio.AioRpcError as exc:
-            raise self._classify(decode, exc) from None
+            for index in [i for i in stream.sample_indices if i not in progress.finished]:
+                self._resume(plan, index, lost, progress, excluded, streams)
         finally:
-            self._decoding_on.pop(plan.request_id, None)
-            if finished < plan.num_samples:
-                call.cancel()
-                await self._cancel(decode, plan.request_id, "stream-closed")
+            # Once the samples moved on: a worker that hangs rather than died costs them no time.
+            await self.calls.cancel(stream.handle, stream.worker_request_id, "worker-lost")
 
-    def _classify(self, handle: WorkerHandle, exc: grpc.aio.AioRpcError) -> Exception:
-        code = exc.code()
-        if code == grpc.StatusCode.INVALID_ARGUMENT:
-            return RouterError(ErrorCode.INVALID_ARGUMENT, exc.details())
-        if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-            return _WorkerLost(f"{handle.worker_id} is full: {exc.details()}")
-        if code in RETRYABLE:
-            self.pool.mark_failed(handle, f"{code.name}: {exc.details()}")
-            return _WorkerLost(f"{handle.role} worker {handle.worker_id} lost: {code.name}: "
-                               f"{exc.details()}")
-        return RouterError(ErrorCode.INTERNAL, f"{handle.role} worker {handle.worker_id}: "
-                                               f"{code.name}: {exc.details()}")
-
-    async def _cancel(self, handle: WorkerHandle, request_id: str, reason: str,
-                      sample_indices: list[int] | None = None) -> None:
-        request = worker_pb2.CancelRequest(request_id=request_id, reason=reason,
-                                           sample_indices=sample_indices or [])
-        try:
-            await handle.stub.Cancel(request, timeout=2.0)
-        except grpc.aio.AioRpcError as exc:
-            log.debug("cancel of %s on %s failed: %s", request_id, handle.worker_id, exc.code())
-
-
-class _WorkerLost(Exception):
-    """A worker failed in a way another worker can recover from."""
-
-
-def _is_finished_after_first(plan: DispatchPlan) -> bool:
-    return plan.num_samples == 1 and plan.budget.max_tokens <= 1
-
-
-def _resumed_plan(plan: DispatchPlan, emitted: list[int]) -> DispatchPlan:
-    budget = worker_pb2.DecodeBudget()
-    budget.CopyFrom(plan.budget)
-    budget.max_tokens = max(1, plan.budget.max_tokens - len(emitted))
-    return DispatchPlan(request_id=f"{plan.request_id}~{time.monotonic_ns()}", model=plan.model,
-                        prompt_token_ids=plan.prompt_token_ids + emitted, sampling=plan.sampling,
-                        budget=budget, num_samples=1, force_colocated=True)
+    def _resume(self, plan: DispatchPlan, index: int, lost: WorkerLost, progress: SampleProgress,
+                excluded: set[str], streams: StreamSet) -> None:
+        """Starts sample `index` on another decode worker, after the tokens already relayed."""
+        limit = self.settings.migration_limit
+        if progress.num_migrations[index] >= limit:
+            raise RouterError(ErrorCode.UNAVAILABLE, f"request {plan.request_id}: {lost}; sample "
+                              f"{index} cannot move to another worker (migration limit {limit})")
+        progress.num_migrations[index] += 1
+        hashes = chained_block_hashes(plan.prompt_token_ids + progress.token_ids[index],
+                                      self.settings.block_size)
+        decode = self._choose_decode(plan.model, hashes, excluded)
+        self._route_to(decode, hashes)
+        request = resumed_request(uuid.uuid4().hex, plan.prompt_token_ids, plan.sampling,
+                                  plan.budget, progress, index)
+        streams.start(self.calls.open_decode(decode, request, [index]))
+        default_metrics().migrations.labels(model=plan.model).inc()
+        log.warning("request %s: %s; sample %d resumes on %s after %d tokens (migration %d of at "
+                    "most %d)", plan.request_id, lost, index, decode.worker_id,
+                    len(progress.token_ids[index]), progress.num_migrations[index], limit)

@@ -18,6 +18,7 @@ from opentelemetry import context as otel_context
 
 from router.auth import Authenticator, Tenant, api_key_from_pairs
 from router.errors import ErrorCode, RouterError
+from router.request_plan import MAX_REQUEST_BYTES
 from router.service import GenerationService
 from router.tls import TlsConfig
 from tandem.api.v1 import inference_pb2, inference_pb2_grpc
@@ -28,7 +29,8 @@ log = logging.getLogger(__name__)
 INFERENCE_SERVICE_NAME = inference_pb2.DESCRIPTOR.services_by_name["Inference"].full_name
 SERVER_OPTIONS = [
     ("grpc.max_send_message_length", 64 * 1024 * 1024),
-    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    # A larger request is refused by gRPC itself (RESOURCE_EXHAUSTED naming both sizes).
+    ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
     ("grpc.keepalive_time_ms", 20_000),
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.http2.min_ping_interval_without_data_ms", 5_000),

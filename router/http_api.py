@@ -22,6 +22,7 @@ from router.auth import Authenticator, Tenant, api_key_from_pairs
 from router.errors import ErrorCode, RouterError, invalid_argument
 from router.openai_render import OpenAIRenderer
 from router.openai_schema import Endpoint, parse_request
+from router.request_plan import MAX_REQUEST_BYTES
 from router.service import GenerationService
 from router.tls import TlsConfig
 from tandem.telemetry.metrics import Metrics
@@ -29,7 +30,6 @@ from tandem.telemetry.tracing import server_span
 
 log = logging.getLogger(__name__)
 
-MAX_BODY_BYTES = 32 * 1024 * 1024
 _SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                 "X-Accel-Buffering": "no"}
 
@@ -161,8 +161,11 @@ async def _errors_middleware(request: web.Request, handler) -> web.StreamRespons
 
 def build_http_app(service: GenerationService, authenticator: Authenticator, *,
                    readiness: Callable[[], bool] | None = None, metrics: Metrics | None = None,
-                   max_body_bytes: int = MAX_BODY_BYTES) -> web.Application:
-    """The aiohttp app; pass `metrics` to also serve /metrics on this port."""
+                   max_body_bytes: int = MAX_REQUEST_BYTES) -> web.Application:
+    """The aiohttp app; pass `metrics` to also serve /metrics on this port.
+
+    A body over max_body_bytes is refused with 413 naming the limit, before it is read whole.
+    """
     api = OpenAIHttpApi(service, authenticator, readiness)
     app = web.Application(middlewares=[_errors_middleware], client_max_size=max_body_bytes)
     app.router.add_get("/v1/models", api.list_models)

@@ -24,6 +24,7 @@ from tandem.policy.worker_choice import WorkerChoiceConfig
 from tandem.serving.grpc_server import install_drain_on_sigterm
 from tandem.serving.ready_file import write_ready_file
 from tandem.serving.worker_args import configure_logging, resolve_model_dir
+from tandem.serving.worker_auth import add_worker_auth_arguments, worker_token_from_args
 from tandem.telemetry.metrics import default_metrics, start_metrics_server
 from tandem.telemetry.tracing import setup_tracing
 
@@ -58,9 +59,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="how long a decode worker holds reserved KV blocks for a prefill")
     parser.add_argument("--max-attempts", type=int, default=3,
                         help="worker pairs tried per request before it fails with UNAVAILABLE")
+    parser.add_argument("--migration-limit", type=_non_negative_int, default=3,
+                        help="times each sample may move to another decode worker when its own is "
+                             "lost mid-stream; 0 fails the request with UNAVAILABLE instead")
     parser.add_argument("--max-concurrent-requests", type=int, default=None,
                         help="router-wide concurrency cap shared fairly among tenants")
     parser.add_argument("--log-level", default=os.environ.get("TANDEM_LOG_LEVEL", "INFO"))
+    add_worker_auth_arguments(parser)
     parser.add_argument("--ready-file", default=None, help=argparse.SUPPRESS)
 
 
@@ -72,10 +77,11 @@ def run(args: argparse.Namespace) -> int:
 async def serve(args: argparse.Namespace) -> int:
     """Builds the router, serves both APIs, and drains on SIGTERM."""
     configure_logging(args.log_level)
+    worker_token = worker_token_from_args(args)
     setup_tracing("tandem-router")
     model_dir = resolve_model_dir(args.model)
     model_name = args.model_name or model_dir.name
-    pool = WorkerPool()
+    pool = WorkerPool(worker_token=worker_token)
     discovery = await start_discovery(args, pool)
     await pool.start()
     await pool.wait_for("decode", timeout_s=120.0)
@@ -116,12 +122,20 @@ def _build_service(args: argparse.Namespace, pool: WorkerPool, model_dir: Path,
                        args.price_prompt, args.price_completion)
     choice = WorkerChoiceConfig(min_disaggregate_prompt_tokens=args.min_disaggregate_tokens)
     dispatcher = Dispatcher(pool, DispatchSettings(choice=choice, max_attempts=args.max_attempts,
+                                                   migration_limit=args.migration_limit,
                                                    lease_seconds=args.lease_seconds,
                                                    block_size=load.layout.block_size))
     brain = RoutingBrain(default_model=model_name, **_difficulty_parts(args))
     core = RouterCore({model_name: entry}, dispatcher, brain)
     quotas = QuotaPolicy(QuotaConfig(max_concurrent_requests=args.max_concurrent_requests))
     return AdmittedService(core, quotas, metrics=default_metrics())
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
 
 
 def _difficulty_parts(args: argparse.Namespace) -> dict:

@@ -1,13 +1,17 @@
 """Turns a client's GenerateRequest into a validated, tokenized plan for the workers.
 
 Every check here runs before any worker is touched, so a bad request costs nothing and changes
-nothing: each failure is a RouterError that names the field and the limit.
+nothing: each failure is a RouterError that names the field and the limit. Size checks come before
+anything reads the input, and tokenization and chat templating run in worker threads
+(plan_request_off_loop), so that a huge prompt never holds up the router's event loop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from router.errors import ErrorCode, RouterError
@@ -16,6 +20,21 @@ from tandem.api.v1 import inference_pb2, worker_pb2
 VALID_ROLES = {"system", "user", "assistant", "tool"}
 MAX_SAMPLES = 16
 MAX_TOP_LOGPROBS = 20
+MAX_STOP_STRINGS = 16
+# Each generated token is checked against every stop string, on the router's event loop.
+MAX_STOP_CHARS = 256
+MAX_REQUEST_ID_CHARS = 128
+# Hard cap on one request's HTTP body or gRPC message, before anything parses it.
+MAX_REQUEST_BYTES = 16 * 1024 * 1024
+# Generous bound on the text one token stands for (real text averages 3-5 characters per token;
+# the longest tokens of Llama-family vocabularies are runs of spaces or symbols far shorter than
+# this): input longer than max_context times this cannot fit the context, so it is refused
+# without being tokenized.
+MAX_CHARS_PER_TOKEN = 64
+# Inputs this long are planned in a small pool of their own, so that a few huge prompts never
+# queue ahead of the short ones (which go through the loop's default executor).
+LONG_INPUT_CHARS = 16_384
+_LONG_INPUT_EXECUTOR = ThreadPoolExecutor(max_workers=2, thread_name_prefix="router-long-input")
 
 
 @dataclass(slots=True)
@@ -102,10 +121,54 @@ def tokenize_input(request: inference_pb2.GenerateRequest, model: ModelEntry,
     return tokenizer.encode(text, add_special_tokens=False)
 
 
+def check_request_id(request_id: str) -> None:
+    """Refuses a client request id (a label echoed back) that is long or not printable."""
+    if len(request_id) > MAX_REQUEST_ID_CHARS or not request_id.isprintable():
+        raise _invalid(f"request_id must be at most {MAX_REQUEST_ID_CHARS} printable characters, "
+                       f"got {request_id[:MAX_REQUEST_ID_CHARS]!r} ({len(request_id)} characters)",
+                       "request_id")
+
+
+def check_input_size(request: inference_pb2.GenerateRequest, max_context: int, model_name: str) -> int:
+    """Refuses input that cannot fit max_context tokens, without reading it; returns its length.
+
+    The length is in characters for text and chat (roles included) and in ids for token input.
+    """
+    kind = request.WhichOneof("input")
+    if kind == "tokens":
+        num_ids = len(request.tokens.token_ids)
+        if num_ids > max_context:
+            raise _invalid(f"tokens: {num_ids} tokens do not fit the context of {max_context} "
+                           f"tokens of model {model_name}", "tokens")
+        return num_ids
+    if kind == "chat":
+        param = "messages"
+        num_chars = sum(len(m.role) + len(m.content) for m in request.chat.messages)
+    else:
+        param = "prompt"
+        num_chars = len(request.prompt)
+    limit = max_context * MAX_CHARS_PER_TOKEN
+    if num_chars > limit:
+        raise _invalid(f"{param}: {num_chars} characters is over the limit of {limit} characters "
+                       f"for model {model_name} (its context of {max_context} tokens x "
+                       f"{MAX_CHARS_PER_TOKEN} characters per token)", param)
+    return num_chars
+
+
+async def plan_request_off_loop(request: inference_pb2.GenerateRequest, model: ModelEntry,
+                                defaults: BudgetDefaults) -> RequestPlan:
+    """plan_request in a worker thread, after the size check; the deadline counts from now."""
+    num_chars = check_input_size(request, model.max_context, model.name)
+    executor = _LONG_INPUT_EXECUTOR if num_chars >= LONG_INPUT_CHARS else None
+    return await asyncio.get_running_loop().run_in_executor(
+        executor, plan_request, request, model, defaults, time.time())
+
+
 def plan_request(request: inference_pb2.GenerateRequest, model: ModelEntry,
                  defaults: BudgetDefaults, now: float | None = None) -> RequestPlan:
     """Validates the request against the model and fixes its sampling and budget."""
     now = time.time() if now is None else now
+    check_input_size(request, model.max_context, model.name)
     budget = request.budget
     thinking = budget.thinking if budget.HasField("thinking") else defaults.thinking
     if thinking and not model.supports_thinking:
@@ -116,6 +179,16 @@ def plan_request(request: inference_pb2.GenerateRequest, model: ModelEntry,
     if thinking and not _ends_with(prompt, model.tokenizer, "think_start_token_ids"):
         # Thinking asked for but not opened by the template: open it, so that it surely happens.
         prompt += list(model.tokenizer.think_start_token_ids)
+    max_thinking = (budget.max_thinking_tokens if budget.HasField("max_thinking_tokens")
+                    else defaults.max_thinking_tokens)
+    # Unless thinking is off, the template (or the model itself) may open a thinking section.
+    may_think = thinking is not False and model.supports_thinking
+    starts_in_thinking = may_think and _ends_with(prompt, model.tokenizer, "think_start_token_ids")
+    if starts_in_thinking and max_thinking == 0:
+        # No thinking allowed: close the section the prompt opened, as forcing the delimiter at
+        # once would (a prefill worker, which makes the first token, knows no thinking budget).
+        prompt += list(model.tokenizer.think_end_token_ids)
+        starts_in_thinking = False
     room = model.max_context - len(prompt)
     if room < 1:
         raise _invalid(f"prompt has {len(prompt)} tokens; model {model.name} has a context of "
@@ -123,17 +196,14 @@ def plan_request(request: inference_pb2.GenerateRequest, model: ModelEntry,
     max_tokens = _checked_max_tokens(budget, defaults, room)
     deadline, max_cost = _checked_limits(budget)
     max_total_tokens = _tokens_within_cost(model, len(prompt), max_cost, num_samples)
-    max_thinking = (budget.max_thinking_tokens if budget.HasField("max_thinking_tokens")
-                    else defaults.max_thinking_tokens)
-    # Unless thinking is off, the template (or the model itself) may open a thinking section.
-    may_think = thinking is not False and model.supports_thinking
-    starts_in_thinking = may_think and _ends_with(prompt, model.tokenizer, "think_start_token_ids")
     decode_budget = worker_pb2.DecodeBudget(
         max_tokens=max_tokens,
-        max_thinking_tokens=max_thinking if may_think and max_thinking is not None else 0,
         deadline=now + deadline if deadline is not None else 0.0,
         max_total_tokens=max_total_tokens,
         starts_in_thinking=starts_in_thinking)
+    if may_think and max_thinking is not None:
+        # Unset stays unset (no limit): 0 is a budget of its own.
+        decode_budget.max_thinking_tokens = max_thinking
     return RequestPlan(prompt, sampling, decode_budget, num_samples,
                        None if deadline is None else now + deadline)
 
@@ -163,6 +233,9 @@ def _checked_sampling(given: inference_pb2.SamplingParams,
                        "selection_m")
     if any(not stop for stop in sampling.stop):
         raise _invalid("stop strings must not be empty", "stop")
+    if len(sampling.stop) > MAX_STOP_STRINGS or any(len(s) > MAX_STOP_CHARS for s in sampling.stop):
+        raise _invalid(f"at most {MAX_STOP_STRINGS} stop strings of at most {MAX_STOP_CHARS} "
+                       f"characters each", "stop")
     return sampling
 
 

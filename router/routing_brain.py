@@ -71,7 +71,7 @@ class RoutingBrain:
             return None
         refined = self.policy.refine_after_probe(outcome.decision, first.probe_difficulty)
         thinking = refined.thinking_budget if refined.thinking_budget is not None else 0
-        if refined is outcome.decision or not budget.max_thinking_tokens \
+        if refined is outcome.decision or not budget.HasField("max_thinking_tokens") \
                 or thinking >= budget.max_thinking_tokens:
             return None
         tighter = worker_pb2.DecodeBudget()

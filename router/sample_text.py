@@ -15,6 +15,9 @@ from tandem.engine.tokenizer import IncrementalDetokenizer
 
 THINKING = inference_pb2.TOKEN_SECTION_THINKING
 ANSWER = inference_pb2.TOKEN_SECTION_ANSWER
+# The detokenizer reads only the prompt's last few (non-special) tokens: handing it a short tail
+# keeps a long prompt from costing the event loop a pass over it for every sample.
+PROMPT_TAIL_TOKENS = 64
 
 
 @dataclass(slots=True)
@@ -31,7 +34,8 @@ class SampleText:
     """Accumulates one sample's tokens and yields its text pieces."""
 
     def __init__(self, tokenizer, prompt_token_ids: list[int], stop: list[str]) -> None:
-        self._stream = TextStream(IncrementalDetokenizer(tokenizer, prompt_token_ids), tuple(stop))
+        tail = prompt_token_ids[-PROMPT_TAIL_TOKENS:]
+        self._stream = TextStream(IncrementalDetokenizer(tokenizer, tail), tuple(stop))
         self._released: list[str] = []
         self.is_stopped = False
         self.num_tokens = 0

@@ -38,8 +38,7 @@ def within_tenant_limits(request: inference_pb2.GenerateRequest, defaults: Budge
     clamped = replace(
         defaults,
         max_tokens=_clamp(defaults.max_tokens, policy.max_tokens),
-        max_thinking_tokens=(_clamp(defaults.max_thinking_tokens, policy.max_thinking_tokens)
-                             if defaults.max_thinking_tokens is not None else policy.max_thinking_tokens),
+        max_thinking_tokens=_thinking_limit(defaults.max_thinking_tokens, policy.max_thinking_tokens),
         num_samples=_clamp(defaults.num_samples, policy.max_samples))
     return limited, clamped
 
@@ -53,3 +52,10 @@ def _check(asked, limit, field: str, tenant_name: str) -> None:
 
 def _clamp(value: int, limit: int | None) -> int:
     return value if limit is None else min(value, max(1, limit))
+
+
+def _thinking_limit(default: int | None, limit: int | None) -> int | None:
+    # None is no limit; 0 is a limit of its own (no thinking), so there is no floor of 1 here.
+    if default is None or limit is None:
+        return limit if default is None else default
+    return min(default, limit)

@@ -17,6 +17,7 @@ import grpc
 from tandem.api.v1 import worker_pb2, worker_pb2_grpc
 from tandem.policy.worker_choice import WorkerSnapshot
 from tandem.serving.grpc_server import CHANNEL_OPTIONS
+from tandem.serving.worker_auth import worker_token_interceptors
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +62,15 @@ class WorkerHandle:
 
 
 class WorkerPool:
-    """Keeps stubs and load snapshots for every discovered worker."""
+    """Keeps stubs and load snapshots for every discovered worker.
 
-    def __init__(self, poll_interval_s: float = 0.1, call_timeout_s: float = 2.0) -> None:
+    Every call on its channels carries worker_token (None: no token, for workers started with
+    --insecure-no-worker-auth).
+    """
+
+    def __init__(self, poll_interval_s: float = 0.1, call_timeout_s: float = 2.0, *,
+                 worker_token: str | None) -> None:
+        self._interceptors = worker_token_interceptors(worker_token) if worker_token is not None else None
         self.poll_interval_s = poll_interval_s
         self.call_timeout_s = call_timeout_s
         self._workers: dict[str, WorkerHandle] = {}
@@ -78,7 +85,7 @@ class WorkerPool:
             log.info("worker %s (%s) left", address, handle.role)
         for address, role in wanted.items():
             if address not in self._workers:
-                self._workers[address] = _connect(address, role)
+                self._workers[address] = _connect(address, role, self._interceptors)
                 log.info("worker %s (%s) joined", address, role)
 
     def endpoints(self) -> list[tuple[str, str]]:
@@ -150,8 +157,8 @@ class WorkerPool:
         handle.num_inflight_since_poll = 0
 
 
-def _connect(address: str, role: str) -> WorkerHandle:
-    channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+def _connect(address: str, role: str, interceptors: list | None) -> WorkerHandle:
+    channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS, interceptors=interceptors)
     stub_class = (worker_pb2_grpc.PrefillWorkerStub if role == "prefill"
                   else worker_pb2_grpc.DecodeWorkerStub)
     return WorkerHandle(address=address, role=role, channel=channel, stub=stub_class(channel))

@@ -1,8 +1,9 @@
 """`tandem serve`: a router and N prefill + M decode workers as local processes.
 
 KV moves between the workers over UCX on loopback. The cluster waits until every component is
-ready, prints where to connect, and stops everything cleanly on Ctrl-C. Tests and the demo use
-`LocalCluster` directly.
+ready, prints where to connect, and stops everything cleanly on Ctrl-C. Router -> worker calls
+carry a worker token: $TANDEM_WORKER_TOKEN_FILE's, or a new one written to the run folder (mode
+0600). Tests and the demo use `LocalCluster` directly.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from tandem.serving.process_group import ChildProcess, start_child, stop_children, wait_ready
 from tandem.serving.worker_args import resolve_model_dir
+from tandem.serving.worker_auth import TOKEN_ENV, read_token_file, write_token_file
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,8 @@ class LocalClusterConfig:
     decode_args: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
     ready_timeout_s: float = 180.0
+    # The file with the worker token; None: $TANDEM_WORKER_TOKEN_FILE, else a new one in the run folder.
+    worker_token_file: str | None = None
 
     def __post_init__(self) -> None:
         if self.num_prefill < 0 or self.num_decode < 1:
@@ -59,6 +63,7 @@ class LocalCluster:
         self.run_dir = Path(run_dir or tempfile.mkdtemp(prefix="tandem-"))
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.model_dir = resolve_model_dir(config.model)
+        self.worker_token_file = self._worker_token_file()
         self.prefill: list[ChildProcess] = []
         self.decode: list[ChildProcess] = []
         self.router: ChildProcess | None = None
@@ -94,6 +99,11 @@ class LocalCluster:
         stop_children(self.prefill + self.decode)
 
     @property
+    def worker_token(self) -> str:
+        """The token that calls to this cluster's workers must carry."""
+        return read_token_file(self.worker_token_file)
+
+    @property
     def grpc_address(self) -> str:
         """host:port of the router's gRPC API."""
         return f"127.0.0.1:{self.router.ready['grpc_port']}"
@@ -107,8 +117,16 @@ class LocalCluster:
         """host:port of a worker's gRPC API."""
         return f"127.0.0.1:{child.ready['grpc_port']}"
 
+    def _worker_token_file(self) -> Path:
+        chosen = self.config.worker_token_file or os.environ.get(TOKEN_ENV)
+        if chosen:
+            return Path(chosen)
+        path = self.run_dir / "worker-token"
+        return path if path.exists() else write_token_file(path)
+
     def _worker_args(self, role: str, index: int) -> list[str]:
         args = [role, "--model", str(self.model_dir), "--host", "127.0.0.1", "--grpc-port", "0",
+                "--worker-token-file", str(self.worker_token_file),
                 "--worker-id", f"{role}-{index}", "--num-blocks", str(self.config.num_blocks),
                 "--block-size", str(self.config.block_size), *self.config.worker_args]
         if role == "decode":
@@ -119,6 +137,7 @@ class LocalCluster:
 
     def _router_args(self) -> list[str]:
         return ["router", "--model", str(self.model_dir), "--host", "127.0.0.1",
+                "--worker-token-file", str(self.worker_token_file),
                 "--grpc-port", str(self.config.grpc_port), "--http-port", str(self.config.http_port),
                 "--discovery", "static",
                 "--prefill-workers", ",".join(self.worker_address(c) for c in self.prefill),
@@ -138,6 +157,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ucx-tls", default=os.environ.get("UCX_TLS", DEFAULT_UCX_ENV["UCX_TLS"]),
                         help="UCX transports for KV transfer (UCX_TLS)")
     parser.add_argument("--run-dir", default=None, help="where logs go (default: a temp folder)")
+    parser.add_argument("--migration-limit", type=int, default=3,
+                        help="times each sample may move to another decode worker when its own is "
+                             "lost mid-stream (the router's flag; 0 = never)")
+    parser.add_argument("--worker-token-file", default=os.environ.get(TOKEN_ENV),
+                        help="file with the token worker calls carry (default: a new one in the run folder)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -145,7 +169,9 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = LocalClusterConfig(model=args.model, num_prefill=args.prefill, num_decode=args.decode,
                                 grpc_port=args.grpc_port, http_port=args.http_port,
-                                num_blocks=args.num_blocks, env={"UCX_TLS": args.ucx_tls})
+                                num_blocks=args.num_blocks, env={"UCX_TLS": args.ucx_tls},
+                                router_args=["--migration-limit", str(args.migration_limit)],
+                                worker_token_file=args.worker_token_file)
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
@@ -154,6 +180,7 @@ def run(args: argparse.Namespace) -> int:
               f"  gRPC     {cluster.grpc_address}   (tandem generate --router {cluster.grpc_address} 'Hi')\n"
               f"  OpenAI   {cluster.http_url}\n"
               f"  logs     {cluster.run_dir}\n"
+              f"  token    {cluster.worker_token_file}   (calls to the workers need it)\n"
               f"Press Ctrl-C to stop.", flush=True)
         stop.wait()
         print("stopping...", flush=True)

@@ -137,6 +137,7 @@ def _router() -> Schema:
         "policy": {"type": "object", "description": "Routing and budget policy (policy.yaml).",
                    "x-kubernetes-preserve-unknown-fields": True},
         "apiKeysSecret": _leaf("string", "Secret with api-keys.yaml (API key -> tenant)."),
+        "allowAnonymous": _leaf("boolean", "Serve requests without an API key (anonymous tenant)."),
         "tlsSecret": _leaf("string", "kubernetes.io/tls Secret for the router's listeners."),
         "extraArgs": _str_list("Extra flags of `tandem router`."),
         "maxUnavailable": _leaf("integer", "PodDisruptionBudget maxUnavailable.", minimum=0),

@@ -49,6 +49,7 @@ KINDS: dict[str, Kind] = {k.kind: k for k in (
     Kind("apps/v1", "Deployment", "deployments"),
     Kind("v1", "Service", "services"),
     Kind("v1", "ConfigMap", "configmaps"),
+    Kind("v1", "Secret", "secrets"),
     Kind("v1", "ServiceAccount", "serviceaccounts"),
     Kind("v1", "Pod", "pods"),
     Kind("v1", "PersistentVolumeClaim", "persistentvolumeclaims"),

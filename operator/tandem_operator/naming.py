@@ -69,3 +69,8 @@ def router_name(deployment: str) -> str:
 def policy_config_name(deployment: str) -> str:
     """The ConfigMap holding the router's policy file."""
     return f"{deployment}-router-policy"
+
+
+def worker_token_name(deployment: str) -> str:
+    """The Secret holding the token that router -> worker calls carry."""
+    return f"{deployment}-worker-token"

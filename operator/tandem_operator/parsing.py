@@ -142,6 +142,7 @@ def _router(router: Fields) -> RouterSpec:
         service_type=router.text("serviceType", "ClusterIP", SERVICE_TYPES),
         policy=router.any_obj("policy"),
         api_keys_secret=router.text("apiKeysSecret", None),
+        allow_anonymous=router.flag("allowAnonymous", False),
         tls_secret=router.text("tlsSecret", None),
         extra_args=router.str_list("extraArgs"),
         max_unavailable=router.integer("maxUnavailable", 1, minimum=0),

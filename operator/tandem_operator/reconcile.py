@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import datetime
 from dataclasses import dataclass, field
 from typing import Any
 
 from tandem_operator.apply import Outcome, apply_object
-from tandem_operator.kube import KubeClient
-from tandem_operator.manifests.objects import Owner, desired_objects
-from tandem_operator.naming import owned_labels
+from tandem_operator.kube import KubeClient, KubeError
+from tandem_operator.manifests.objects import Owner, desired_objects, worker_token_secret
+from tandem_operator.naming import owned_labels, worker_token_name
 from tandem_operator.spec import DeploymentSpec, ModelSource
 
+# On a pod template: when the worker token was last replaced (a changed template restarts the pods).
+TOKEN_REPLACED_AT = "tandem.dev/worker-token-replaced-at"
 # Creation order: what the router's pods mount and run as comes before its Deployment.
 OWNED_KINDS = ("ConfigMap", "ServiceAccount", "Role", "RoleBinding", "Deployment", "Service",
                "PodDisruptionBudget")
@@ -54,11 +57,14 @@ async def missing_claims(kube: KubeClient, namespace: str, spec: DeploymentSpec)
 
 async def reconcile(kube: KubeClient, owner: Owner, spec: DeploymentSpec) -> ReconcileResult:
     """Applies every desired object and deletes owned objects that are no longer wanted."""
+    result = ReconcileResult()
+    is_new_token = await ensure_worker_token(kube, owner)
+    if is_new_token:
+        result.created.append(f"Secret/{worker_token_name(owner.name)}")
     live = {kind: {obj["metadata"]["name"]: obj for obj in await list_owned(kube, owner, kind)}
             for kind in OWNED_KINDS}
     replicas = {name: obj.get("spec", {}).get("replicas")
                 for name, obj in live["Deployment"].items()}
-    result = ReconcileResult()
     wanted: set[tuple[str, str]] = set()
     for desired in desired_objects(owner, spec, replicas):
         kind, name = desired["kind"], desired["metadata"]["name"]
@@ -69,12 +75,38 @@ async def reconcile(kube: KubeClient, owner: Owner, spec: DeploymentSpec) -> Rec
         elif outcome is Outcome.PATCHED:
             result.patched.append(f"{kind}/{name}")
         if kind == "Deployment":
+            if is_new_token and name in live[kind]:
+                # The Secret was deleted and made anew: running pods read the old token at start.
+                applied = await _restart_pods(kube, applied)
+                if outcome is Outcome.UNCHANGED:
+                    result.patched.append(f"{kind}/{name}")
             result.deployments.append(applied)
     for kind in reversed(OWNED_KINDS):
         for name in sorted(set(live[kind]) - {n for k, n in wanted if k == kind}):
             await kube.delete(kind, owner.namespace, name)
             result.deleted.append(f"{kind}/{name}")
     return result
+
+
+async def ensure_worker_token(kube: KubeClient, owner: Owner) -> bool:
+    """Creates the worker token Secret unless it exists (True when created). The operator may
+    create Secrets but never reads them: a conflict means the token is already there, and the
+    owner reference lets the garbage collector remove it with the deployment."""
+    try:
+        await kube.create(worker_token_secret(owner))
+    except KubeError as exc:
+        if exc.is_conflict:
+            return False
+        raise
+    return True
+
+
+async def _restart_pods(kube: KubeClient, deployment: dict[str, Any]) -> dict[str, Any]:
+    # As `kubectl rollout restart`: an annotation outside the applied manifest, so kept later.
+    now = datetime.datetime.now(datetime.timezone.utc).isoformat()
+    patch = {"spec": {"template": {"metadata": {"annotations": {TOKEN_REPLACED_AT: now}}}}}
+    meta = deployment["metadata"]
+    return await kube.patch("Deployment", meta["namespace"], meta["name"], patch)
 
 
 def _is_owned_by(obj: dict[str, Any], owner: Owner) -> bool:

@@ -157,9 +157,15 @@ class RouterSpec:
     service_type: str = "ClusterIP"
     policy: dict[str, Any] = field(default_factory=dict)
     api_keys_secret: str | None = None
+    allow_anonymous: bool = False
     tls_secret: str | None = None
     extra_args: list[str] = field(default_factory=list)
     max_unavailable: int = 1
+
+    def __post_init__(self) -> None:
+        if not self.api_keys_secret and not self.allow_anonymous:
+            raise ValueError("set apiKeysSecret (a Secret holding api-keys.yaml) or "
+                             "allowAnonymous: true; without either the router refuses every request")
 
 
 @dataclass(slots=True, frozen=True)
@@ -196,7 +202,7 @@ class DeploymentSpec:
     name: str
     image: str
     tiers: tuple[TierSpec, ...]
-    router: RouterSpec = field(default_factory=RouterSpec)
+    router: RouterSpec
     autoscaling: AutoscalingSpec = field(default_factory=AutoscalingSpec)
     image_pull_policy: str = "IfNotPresent"
     image_pull_secrets: list[str] = field(default_factory=list)

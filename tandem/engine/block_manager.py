@@ -13,15 +13,8 @@ import bisect
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from tandem.engine.block_hash import ROOT_HASH, hash_block
 from tandem.engine.sequence import Sequence
-
-# Parent hash of a sequence's first block (hash(None) is not stable across processes in 3.11).
-ROOT_HASH = 0
-
-
-def hash_block(parent_hash: int, token_ids: tuple[int, ...]) -> int:
-    """Chained hash of one full block: depends on every token before it, through parent_hash."""
-    return hash((parent_hash, token_ids))
 
 
 def consecutive_runs(block_ids: list[int]) -> list[tuple[int, int]]:
@@ -41,7 +34,7 @@ class Block:
 
     block_id: int
     ref_count: int = 0
-    block_hash: int | None = None
+    block_hash: bytes | None = None
     # The block's tokens, kept to re-check a hash hit against the request's own tokens.
     token_ids: tuple[int, ...] = ()
 
@@ -55,7 +48,18 @@ class BlockPool:
         self.blocks = [Block(block_id) for block_id in range(num_blocks)]
         self._free_ids: list[int] = list(range(num_blocks))  # sorted; ref 0 and no hash
         self._evictable: OrderedDict[int, None] = OrderedDict()  # ref 0 with a hash; LRU first
-        self._hash_to_block: dict[int, int] = {}
+        self._hash_to_block: dict[bytes, int] = {}
+        # Canary mode (kv_canary.KVCanary): the free, never-hashed blocks hold its pattern.
+        self._canary = None
+
+    def watch_free_blocks(self, canary) -> None:
+        """Canary mode: fills the free, uncached blocks with the pattern, and checks it on reuse."""
+        self._canary = canary
+        canary.fill(list(self._free_ids))
+
+    def check_free_blocks(self) -> int:
+        """Canary mode: checks every free, uncached block now; returns the violations (0 when off)."""
+        return 0 if self._canary is None else self._canary.check(list(self._free_ids), "in a sweep")
 
     @property
     def num_blocks(self) -> int:
@@ -79,6 +83,8 @@ class BlockPool:
         if num_blocks > self.num_free:
             raise ValueError(f"cannot allocate {num_blocks} blocks: only {self.num_free} free")
         taken = self._take_free(min(num_blocks, len(self._free_ids)), after)
+        if self._canary is not None:
+            self._canary.check(taken, "when they were allocated again")
         evicted = [self._evict_one() for _ in range(num_blocks - len(taken))]
         taken += sorted(evicted)
         for block_id in taken:
@@ -96,6 +102,7 @@ class BlockPool:
     def release(self, block_ids: list[int]) -> int:
         """Drops one reference from each block; returns how many became unused."""
         num_unused = 0
+        uncached: list[int] = []
         for block_id in block_ids:
             block = self.blocks[block_id]
             if block.ref_count <= 0:
@@ -105,18 +112,21 @@ class BlockPool:
                 num_unused += 1
                 if block.block_hash is None:
                     bisect.insort(self._free_ids, block_id)
+                    uncached.append(block_id)
                 else:
                     self._evictable[block_id] = None
+        if self._canary is not None:
+            self._canary.fill(uncached)
         return num_unused
 
-    def lookup(self, block_hash: int, token_ids: tuple[int, ...]) -> int | None:
+    def lookup(self, block_hash: bytes, token_ids: tuple[int, ...]) -> int | None:
         """The cached block with this hash and exactly these tokens, or None."""
         block_id = self._hash_to_block.get(block_hash)
         if block_id is None or self.blocks[block_id].token_ids != token_ids:
             return None
         return block_id
 
-    def register(self, block_id: int, block_hash: int, token_ids: tuple[int, ...]) -> None:
+    def register(self, block_id: int, block_hash: bytes, token_ids: tuple[int, ...]) -> None:
         """Makes a full, computed block findable by its hash (the first block with a hash wins)."""
         block = self.blocks[block_id]
         if block.block_hash is not None or block_hash in self._hash_to_block:
@@ -273,7 +283,7 @@ class KVCacheManager:
     def _block_tokens(self, seq: Sequence, index: int) -> tuple[int, ...]:
         return tuple(seq.token_ids[index * self.block_size : (index + 1) * self.block_size])
 
-    def _block_hash(self, seq: Sequence, index: int) -> int:
+    def _block_hash(self, seq: Sequence, index: int) -> bytes:
         hashes = seq.block_hashes
         while len(hashes) <= index:
             parent = hashes[-1] if hashes else ROOT_HASH

@@ -32,6 +32,8 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     # On CPU, swap the model's Linear layers for oneDNN-prepacked ones (cpu_linear.py).
     pack_cpu_linears: bool = True
+    # Debug: fill free KV blocks with a canary pattern and check it on reuse (kv_canary.py).
+    debug_kv_canary: bool = False
 
     def __post_init__(self) -> None:
         for name in ("block_size", "max_num_seqs", "max_num_batched_tokens"):

@@ -15,6 +15,7 @@ import torch
 
 from tandem.engine.block_manager import KVCacheManager
 from tandem.engine.engine_config import EngineConfig, resolve_max_model_len, resolve_num_blocks
+from tandem.engine.kv_canary import KVCanary
 from tandem.engine.model_config import ModelConfig
 from tandem.engine.model_runner import LayerHook, ModelRunner
 from tandem.engine.request_checks import RequestChecker
@@ -78,6 +79,8 @@ class LLMEngine:
         self.scheduler = Scheduler(config, self.kv_manager)
         spec = model_config.kv_cache_spec(num_blocks, config.block_size, config.torch_dtype)
         self.runner = ModelRunner(model, spec, config.device, config.pack_cpu_linears)
+        if config.debug_kv_canary:
+            self.kv_manager.pool.watch_free_blocks(KVCanary(self.runner.kv_cache))
         eos_ids = tokenizer.eos_token_ids if tokenizer is not None else model_config.eos_token_ids
         self.eos_token_ids = frozenset(eos_ids)
         self.checker = RequestChecker(model_config.vocab_size, self.max_model_len, config.block_size,
@@ -86,6 +89,8 @@ class LLMEngine:
         self._pending_outputs: list[RequestOutput] = []
         self._layer_hook: LayerHook | None = None
         self._num_generate_calls = 0
+        # The last step ran nothing and no request, release or abort came since (see is_stalled).
+        self._is_stalled = False
 
     @property
     def kv_cache(self) -> torch.Tensor:
@@ -98,23 +103,37 @@ class LLMEngine:
         return self.runner.spec
 
     def add_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams,
-                    prefill_only: bool = False) -> None:
+                    prefill_only: bool = False, output_token_ids: list[int] = ()) -> None:
         """Queues a request; raises ValueError (and changes nothing) when it is invalid.
 
         prefill_only: compute the prompt and make only the first token (plus the hidden state),
         then keep the blocks until release(request_id).
+        output_token_ids: tokens the request already generated elsewhere (a migrated request). It
+        goes on after them as if it had made them itself: they count toward max_tokens and the
+        thinking budget, complete stop strings, and a seeded request skips their draws.
         """
         self.checker.check_new(request_id, self._seqs, prompt_token_ids, params)
+        if output_token_ids:
+            self.checker.check_resumed(output_token_ids, params, prefill_only)
         seq = Sequence(request_id, prompt_token_ids, params, self.config.device, prefill_only)
         seq.detokenizer = self._text_stream(seq)
+        for token_id in output_token_ids:
+            seq.append_token(token_id)
+            if seq.detokenizer is not None:
+                seq.detokenizer.add(token_id)
+        if seq.detokenizer is not None:
+            seq.detokenizer.mark_streamed()
+        skip_draws(seq, len(output_token_ids), self.model_config.vocab_size)
         self._seqs[request_id] = seq
         self.scheduler.add(seq)
+        self._is_stalled = False
 
     def step(self) -> list[RequestOutput]:
         """Runs one batch; returns one output per request that made a token or finished."""
         outputs, self._pending_outputs = self._pending_outputs, []
         batch = self.scheduler.schedule()
         if batch.is_empty:
+            self._is_stalled = batch.num_preempted == 0 and self.scheduler.has_work()
             return outputs
         step_output = self.runner.execute(batch, self._layer_hook)
         sampled = sample(step_output.logits, step_output.seqs)
@@ -126,11 +145,22 @@ class LLMEngine:
     def abort(self, request_id: str) -> int:
         """Drops a request in any state; returns the blocks that became unused (0 if unknown)."""
         seq = self._seqs.pop(request_id, None)
-        return 0 if seq is None else self.scheduler.finish(seq, FinishReason.ABORT)
+        if seq is None:
+            return 0
+        self._is_stalled = False
+        return self.scheduler.finish(seq, FinishReason.ABORT)
 
     def has_unfinished_requests(self) -> bool:
-        """True while any request waits or runs (held reservations and prefills do not count)."""
-        return self.scheduler.has_work()
+        """True while any request waits or runs, or has an output that step() has not returned
+        yet (held reservations and prefills do not count)."""
+        return self.scheduler.has_work() or bool(self._pending_outputs)
+
+    @property
+    def is_stalled(self) -> bool:
+        """True when the last step could run nothing (the waiting requests need blocks that
+        reservations or prefilled requests hold) and nothing has changed since: stepping again is
+        pointless until a request is added, released or aborted."""
+        return self._is_stalled
 
     def generate(self, prompts: list[list[int]],
                  params: SamplingParams | list[SamplingParams]) -> list[Completion]:
@@ -150,7 +180,7 @@ class LLMEngine:
             self.add_request(request_id, prompt, prompt_params)
         while self.has_unfinished_requests():
             outputs = self.step()
-            if not outputs and not self.scheduler.running:
+            if self._is_stalled:
                 raise CapacityError("no request can be admitted: reserved or prefilled requests "
                                     "hold the KV blocks they need")
             for output in outputs:
@@ -170,6 +200,11 @@ class LLMEngine:
             num_blocks_reserved=sum(len(s.block_ids) for s in self._seqs.values() if s.status in HELD),
             num_preemptions=self.scheduler.num_preemptions,
         )
+
+    def sweep_kv_canary(self) -> int:
+        """Canary mode: checks every free, uncached block for writes after its release; returns the
+        violations found (each logged at ERROR and counted; 0 when canary mode is off)."""
+        return self.kv_manager.pool.check_free_blocks()
 
     def set_layer_hook(self, hook: LayerHook | None) -> None:
         """Calls hook(layer, [(request_id, block_ids, start, end)]) after each layer writes the KV
@@ -191,6 +226,7 @@ class LLMEngine:
                              "or reserved requests only (use abort)")
         del self._seqs[request_id]
         seq.status = SequenceStatus.FINISHED
+        self._is_stalled = False
         return self.kv_manager.free(seq)
 
     def reserve(self, request_id: str, prompt_token_ids: list[int]) -> tuple[list[int], int]:
@@ -231,7 +267,8 @@ class LLMEngine:
         skip_draws(seq, 1, self.model_config.vocab_size)
         reason = self._finish_reason(seq, first_token_id)
         if seq.detokenizer is not None:
-            seq.detokenizer.take(is_final=True)  # the first token's text was streamed by prefill
+            seq.detokenizer.mark_streamed()  # by the prefill side; it may still begin a stop string
+        self._is_stalled = False
         if reason is None:
             self.scheduler.add(seq, at_front=True)
             return
@@ -253,9 +290,12 @@ class LLMEngine:
         if child.detokenizer is not None:
             for token_id in parent.output_token_ids:
                 child.detokenizer.add(token_id)
-            child.detokenizer.take(is_final=True)
+            # The parent streamed the shared tokens' text but what it still holds back.
+            num_unstreamed = 0 if parent.detokenizer is None else parent.detokenizer.num_pending
+            child.detokenizer.mark_streamed(num_unstreamed)
         self._seqs[new_request_id] = child
         self.scheduler.add(child, at_front=True)
+        self._is_stalled = False
 
     def _add_token(self, seq: Sequence, row: int, sampled: SampleResult, hidden: torch.Tensor) -> RequestOutput:
         token_id = sampled.token_ids[row]

@@ -46,6 +46,16 @@ class RequestChecker:
             raise ValueError(f"fork of {parent.request_id!r}: max_tokens ({params.max_tokens}) is already "
                              f"reached by its {parent.num_output_tokens} generated tokens")
 
+    def check_resumed(self, output_token_ids: list[int], params: SamplingParams,
+                      prefill_only: bool) -> None:
+        """Tokens a migrated request made elsewhere: known ids, fewer than max_tokens, not prefill-only."""
+        self.check_token_ids(output_token_ids, "output_token_ids")
+        if prefill_only:
+            raise ValueError("a prefill-only request cannot continue from output tokens")
+        if len(output_token_ids) >= params.max_tokens:
+            raise ValueError(f"{len(output_token_ids)} output tokens already reach max_tokens "
+                             f"({params.max_tokens}): nothing is left to generate")
+
     def check_request_id(self, request_id: str, seqs: Mapping[str, Sequence]) -> None:
         """A non-empty string not in use."""
         if not isinstance(request_id, str) or not request_id:

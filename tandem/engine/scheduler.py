@@ -4,6 +4,9 @@ Each step first gives every decoding sequence its one token, then continues runn
 then admits waiting sequences, all within a token budget (chunked prefill) and a sequence limit.
 When the block pool runs short, the newest running sequence is preempted: its blocks are freed
 and it goes back to the front of the queue, to be recomputed later (its outputs are kept).
+Prefill-only sequences are the exception: their KV is being sent to another worker, which may
+still read any of their blocks, so they take their whole prompt's blocks at admission (they never
+need more) and are never preempted.
 """
 
 from __future__ import annotations
@@ -74,7 +77,9 @@ class Scheduler:
                 continue  # preempted earlier in this loop
             num_new = min(seq.num_uncomputed_tokens, budget)
             while self.kv_manager.allocate_slots(seq, num_new) is None:
-                victim = self.running[-1]
+                victim = self._newest_preemptible()
+                if victim is None:
+                    break  # only prefill-only sequences run: seq waits for a release
                 budget += scheduled.pop(victim, 0)
                 self._preempt(victim)
                 num_preempted += 1
@@ -123,8 +128,10 @@ class Scheduler:
             computed_blocks, num_hit_tokens = [], 0
             if not seq.block_ids:
                 computed_blocks, num_hit_tokens = self.kv_manager.get_computed_blocks(seq)
-            num_new = min(seq.num_tokens - seq.num_computed_tokens - num_hit_tokens, budget)
-            if self.kv_manager.allocate_slots(seq, num_new, computed_blocks) is None:
+            num_uncomputed = seq.num_tokens - seq.num_computed_tokens - num_hit_tokens
+            num_new = min(num_uncomputed, budget)
+            num_to_hold = num_uncomputed if seq.is_prefill_only else num_new
+            if self.kv_manager.allocate_slots(seq, num_to_hold, computed_blocks) is None:
                 break  # first come, first served: later arrivals wait behind it
             self.waiting.popleft()
             seq.status = SequenceStatus.RUNNING
@@ -134,6 +141,10 @@ class Scheduler:
             scheduled[seq] = num_new
             budget -= num_new
         return budget
+
+    def _newest_preemptible(self) -> Sequence | None:
+        # A prefill-only sequence's blocks may be under a KV send that has not read them yet.
+        return next((seq for seq in reversed(self.running) if not seq.is_prefill_only), None)
 
     def _preempt(self, seq: Sequence) -> None:
         self.running.remove(seq)

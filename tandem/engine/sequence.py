@@ -60,7 +60,7 @@ class Sequence:
         self.num_computed_tokens = 0
         self.block_ids: list[int] = []
         # Chained hashes of the leading full blocks of token_ids (computed on demand, append-only).
-        self.block_hashes: list[int] = []
+        self.block_hashes: list[bytes] = []
         # Leading blocks of block_ids that are in the prefix cache (registered or reused from it).
         self.num_cached_blocks = 0
         self.status = SequenceStatus.WAITING

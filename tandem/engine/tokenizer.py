@@ -83,7 +83,9 @@ class Tokenizer:
         """Token ids of text (with BOS etc. as the tokenizer's post-processor adds them)."""
         if not isinstance(text, str):
             raise ValueError(f"text to encode must be a str, got {type(text).__name__}")
-        return self.backend.encode(text, add_special_tokens=add_special_tokens).ids
+        # The batch call releases the GIL while it runs (encode holds it), so that a long text
+        # tokenized in a worker thread does not stall the caller's event loop; _fast skips offsets.
+        return self.backend.encode_batch_fast([text], add_special_tokens=add_special_tokens)[0].ids
 
     def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:
         """Text of token ids; raises ValueError for ids outside the model's vocabulary."""

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from tandem.kv.wire import MAX_REQUEST_ID_NBYTES, TOKEN_NBYTES, Header
+from tandem.telemetry.metrics import default_metrics
 
 logger = logging.getLogger("tandem.kv.grants")
 
@@ -260,7 +261,11 @@ class GrantTable:
         try:
             self.on_release(grant)
         except Exception:
-            logger.exception("on_release callback failed for request %r", grant.request_id)
+            # The grant is gone but its owner never heard: its blocks stay held.
+            logger.warning("release callback failed for request %r: its blocks may stay held",
+                           grant.request_id, exc_info=True)
+            default_metrics().dropped_errors.labels(component="kv_grants",
+                                                    kind="release_callback_failed").inc()
 
     @staticmethod
     def _refused(reason: str) -> GrantRefused:

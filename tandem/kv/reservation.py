@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from tandem.api.v1 import worker_pb2
 from tandem.kv.grants import KVGrant
 from tandem.kv.wire import TOKEN_NBYTES, WireLayout
+
+DEFAULT_LEASE_S = 30.0
+# Longest lease a reservation may ask for: unclaimed blocks must come back within bounded time.
+MAX_LEASE_S = 600.0
 
 
 def layout_to_proto(layout: WireLayout) -> worker_pb2.KVLayout:
@@ -23,6 +28,16 @@ def layout_from_proto(layout: worker_pb2.KVLayout) -> WireLayout:
     if layout.dtype not in ("float32", "bfloat16", "float16"):
         raise ValueError(f"reservation layout dtype {layout.dtype!r} is not float32, bfloat16 or float16")
     return WireLayout(layout.num_layers, layout.block_size, layout.num_kv_heads, layout.head_dim, layout.dtype)
+
+
+def checked_lease_seconds(lease_seconds: float) -> float:
+    """The lease a Reserve asked for (0: the default); raises ValueError unless in (0, MAX_LEASE_S]."""
+    if lease_seconds == 0:
+        return DEFAULT_LEASE_S
+    if not math.isfinite(lease_seconds) or not 0 < lease_seconds <= MAX_LEASE_S:
+        raise ValueError(f"lease_seconds must be a number of seconds in (0, {MAX_LEASE_S:g}] "
+                         f"(0 for the default of {DEFAULT_LEASE_S:g}), got {lease_seconds}")
+    return lease_seconds
 
 
 def make_reservation(grant: KVGrant, kv_address: str, layout: WireLayout,

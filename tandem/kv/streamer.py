@@ -28,6 +28,24 @@ logger = logging.getLogger("tandem.kv.streamer")
 _CUDA_POLL_SECONDS = 0.0002
 
 
+def check_transfer_fits(reservation: worker_pb2.Reservation, num_prompt_tokens: int, block_size: int) -> None:
+    """Checks that a reservation's blocks are exactly the prompt's blocks, cached ones first, and that
+    at least the last prompt token's block is sent; raises ValueError naming what does not fit."""
+    if num_prompt_tokens <= 0:
+        raise ValueError(f"request {reservation.request_id!r} has an empty prompt: nothing to send")
+    num_blocks = len(reservation.block_ids)
+    num_needed = -(-num_prompt_tokens // block_size)
+    if num_needed != num_blocks:
+        raise ValueError(f"reservation of request {reservation.request_id!r} has {num_blocks} blocks of "
+                         f"{block_size} tokens, but its {num_prompt_tokens}-token prompt needs {num_needed} blocks")
+    if reservation.num_cached_blocks > (num_prompt_tokens - 1) // block_size:
+        raise ValueError(f"reservation of request {reservation.request_id!r} counts {reservation.num_cached_blocks} "
+                         f"cached blocks of its {num_prompt_tokens}-token prompt: the last token's block is "
+                         f"always computed and sent")
+    if len(set(reservation.block_ids)) != num_blocks:
+        raise ValueError(f"reservation of request {reservation.request_id!r} lists a block more than once")
+
+
 class LayerStreamer:
     """Streams one request's KV into its reservation, layer by layer; then commits."""
 
@@ -41,10 +59,7 @@ class LayerStreamer:
         if len(self.src_block_ids) > len(self.dst_block_ids):
             raise ValueError(f"{len(self.src_block_ids)} source blocks for {len(self.dst_block_ids)} "
                              f"non-cached reserved blocks of request {reservation.request_id!r}")
-        block_size = sender.layout.block_size
-        if num_prompt_tokens <= 0 or -(-num_prompt_tokens // block_size) != len(reservation.block_ids):
-            raise ValueError(f"{num_prompt_tokens} prompt tokens do not fill the {len(reservation.block_ids)} "
-                             f"reserved blocks of {block_size} tokens of request {reservation.request_id!r}")
+        check_transfer_fits(reservation, num_prompt_tokens, sender.layout.block_size)
         self.num_layers = sender.layout.num_layers
         self.num_prompt_tokens = num_prompt_tokens
         self._loop = loop or asyncio.get_running_loop()
@@ -80,10 +95,16 @@ class LayerStreamer:
 
     def _schedule(self, layer: int, num_computed_tokens: int | None, ready: object, done_at: float,
                   source: list[int] | None = None) -> None:
-        if self._is_aborted or self._is_layer_complete[layer]:
+        if self._is_aborted or self._failure or self._is_layer_complete[layer]:
             return
-        if source is not None and len(source) > len(self.src_block_ids):
-            self.src_block_ids = source[:len(self.dst_block_ids)]
+        if source is not None:
+            num_sent = max(self._num_sent_blocks)
+            if source[:num_sent] != self.src_block_ids[:num_sent]:
+                # Blocks already sent would be sent from elsewhere: the receiver could mix KV.
+                self._fail(f"the prefill's source blocks changed after {num_sent} were sent")
+                return
+            if len(source) > len(self.src_block_ids):
+                self.src_block_ids = source[:len(self.dst_block_ids)]
         is_final = num_computed_tokens is None or num_computed_tokens >= self.num_prompt_tokens
         if is_final and len(self.src_block_ids) < len(self.dst_block_ids):
             self._fail(f"only {len(self.src_block_ids)} source blocks for {len(self.dst_block_ids)} "

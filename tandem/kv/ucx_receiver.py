@@ -23,6 +23,7 @@ import ucxx
 from ucxx.exceptions import UCXMessageTruncatedError
 
 from tandem.kv.grants import GrantRefused, GrantTable
+from tandem.kv.listen_scope import confine_listener
 from tandem.kv.transport import KVTransferConfig
 from tandem.kv.ucx_runtime import CacheRegions, ensure_ucx
 from tandem.kv.wire import (ACK_TAG, HEADER_TAG, HELLO_TAG, INSTANCE_ID_NBYTES, MAX_BATCH_NBYTES, Ack, AckStatus,
@@ -76,6 +77,13 @@ class UCXKVReceiver:
         ensure_ucx(self.config)
         self._listener = ucxx.create_listener(self._serve, self._requested_port,
                                               connect_timeout=self.config.connect_timeout_s)
+        try:
+            # ucxx listens on every address; the kernel holds it to the one it advertises.
+            confine_listener(self._listener.port, self.host)
+        except BaseException:
+            self._listener.close()
+            self._listener = None
+            raise
         self._sweeper = asyncio.create_task(self.grants.sweep_forever(self.config.sweep_interval_s))
         logger.info("KV receiver listening at %s (instance %s)", self.address, self.instance_id.hex())
 

@@ -12,9 +12,9 @@ so a popular prefix cannot pile every request onto one hot worker.
 from __future__ import annotations
 
 import hashlib
-import struct
 from dataclasses import dataclass
 
+from tandem.engine import block_hash
 from tandem.policy.prefix_index import PrefixIndex
 
 __all__ = [
@@ -170,16 +170,10 @@ def should_disaggregate(num_uncached_prompt_tokens: int, prefill_workers: list[W
 
 
 def chained_block_hashes(token_ids: list[int], block_size: int) -> list[int]:
-    """Hashes of each full block of `token_ids`, each chained on its parent (stable across processes)."""
-    if block_size < 1:
-        raise ValueError(f"block_size must be >= 1, got {block_size}")
-    hashes, parent = [], b"\x00" * 8
-    for start in range(0, len(token_ids) - block_size + 1, block_size):
-        block = token_ids[start:start + block_size]
-        digest = hashlib.blake2b(parent + struct.pack(f"<{block_size}q", *block), digest_size=8).digest()
-        hashes.append(int.from_bytes(digest, "little") >> 1)  # fits a signed 64-bit field
-        parent = digest
-    return hashes
+    """Hashes of each full block of `token_ids`, each chained on its parent (stable across processes):
+    the engine's prefix-cache hashes, cut to 63 bits."""
+    return [int.from_bytes(digest[:8], "little") >> 1  # fits a signed 64-bit field
+            for digest in block_hash.chained_block_hashes(token_ids, block_size)]
 
 
 def _spread(tied: list[WorkerSnapshot], salt: int) -> WorkerSnapshot:

@@ -16,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from tandem.telemetry.metrics import default_metrics
+
 log = logging.getLogger(__name__)
 
 
@@ -39,7 +41,7 @@ class EngineLoop:
     def __init__(self, engine, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.engine = engine
         self._loop = loop or asyncio.get_running_loop()
-        self._commands: deque[tuple[Callable, asyncio.Future | None]] = deque()
+        self._commands: deque[tuple[Callable, asyncio.Future | None, Callable | None]] = deque()
         self._wakeup = threading.Condition()
         self._streams: dict[str, asyncio.Queue] = {}
         self._is_running = False
@@ -58,13 +60,24 @@ class EngineLoop:
             self._wakeup.notify()
         await asyncio.to_thread(self._thread.join)
 
-    async def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """Runs fn(*args, **kwargs) on the engine thread between steps and returns its result."""
+    async def call(self, fn: Callable[..., Any], *args: Any,
+                   undo: Callable[[Any], Any] | None = None, **kwargs: Any) -> Any:
+        """Runs fn(*args, **kwargs) on the engine thread between steps and returns its result.
+
+        undo(result), when given, runs on the engine thread if the caller is gone (cancelled)
+        by the time fn has succeeded, so that what fn took (blocks, a request) is given back.
+        """
         future = self._loop.create_future()
         with self._wakeup:
-            self._commands.append((lambda: fn(*args, **kwargs), future))
+            self._commands.append((lambda: fn(*args, **kwargs), future, undo))
             self._wakeup.notify()
-        return await future
+        try:
+            return await future
+        except asyncio.CancelledError:
+            # The result may have arrived just as the caller was cancelled: nobody will use it.
+            if undo is not None and future.done() and not future.cancelled() and future.exception() is None:
+                self.submit_soon(undo, future.result())
+            raise
 
     def submit_soon(self, fn: Callable[..., Any], *args: Any) -> None:
         """Runs fn(*args) on the engine thread between steps, from any thread; errors are logged."""
@@ -72,10 +85,13 @@ class EngineLoop:
             try:
                 fn(*args)
             except Exception:
-                log.exception("engine command %s%r failed", getattr(fn, "__name__", fn), args)
+                log.exception("engine command %s%r failed; nobody waits for it",
+                              getattr(fn, "__name__", fn), args)
+                default_metrics().dropped_errors.labels(component="engine_loop",
+                                                        kind="command_failed").inc()
 
         with self._wakeup:
-            self._commands.append((command, None))
+            self._commands.append((command, None, None))
             self._wakeup.notify()
 
     def open_stream(self, request_id: str, queue: asyncio.Queue | None = None) -> asyncio.Queue:
@@ -104,15 +120,17 @@ class EngineLoop:
                     return
                 commands = list(self._commands)
                 self._commands.clear()
-            for command, future in commands:
-                self._run_command(command, future)
+            for command, future, undo in commands:
+                self._run_command(command, future, undo)
             if self._has_work():
                 self._step()
 
     def _has_work(self) -> bool:
-        return self.engine.has_unfinished_requests()
+        # A stalled engine (nothing admissible until a release or abort) waits for a command.
+        return self.engine.has_unfinished_requests() and not self.engine.is_stalled
 
-    def _run_command(self, command: Callable, future: asyncio.Future | None) -> None:
+    def _run_command(self, command: Callable, future: asyncio.Future | None,
+                     undo: Callable | None) -> None:
         if future is None:
             command()
             self.stats = self.engine.stats()
@@ -120,10 +138,23 @@ class EngineLoop:
         try:
             result = command()
         except Exception as exc:  # handed to the caller, who turns it into a status
-            self._loop.call_soon_threadsafe(_settle, future, None, exc)
+            self._loop.call_soon_threadsafe(self._settle, future, None, exc, None)
         else:
-            self._loop.call_soon_threadsafe(_settle, future, result, None)
+            self._loop.call_soon_threadsafe(self._settle, future, result, None, undo)
         self.stats = self.engine.stats()
+
+    def _settle(self, future: asyncio.Future, result: Any, exc: BaseException | None,
+                undo: Callable | None) -> None:
+        if future.cancelled():
+            # The caller is gone: give back what the command took, on the engine thread.
+            if exc is None and undo is not None:
+                log.info("caller of an engine command is gone; undoing it")
+                self.submit_soon(undo, result)
+            return
+        if exc is not None:
+            future.set_exception(exc)
+        else:
+            future.set_result(result)
 
     def _step(self) -> None:
         try:
@@ -150,12 +181,3 @@ class EngineLoop:
     def _deliver_failure(self, message: str) -> None:
         for queue in self._streams.values():
             queue.put_nowait(EngineFailure(message))
-
-
-def _settle(future: asyncio.Future, result: Any, exc: BaseException | None) -> None:
-    if future.cancelled():
-        return
-    if exc is not None:
-        future.set_exception(exc)
-    else:
-        future.set_result(result)

@@ -12,6 +12,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from tandem.serving.worker_auth import WorkerAuthInterceptor
+
 log = logging.getLogger(__name__)
 
 # Channel options: large enough for hidden states and long prompts, keepalive to notice dead peers.
@@ -35,10 +37,16 @@ class ServiceBinding:
 
 
 class WorkerServer:
-    """A grpc.aio server with health checking and reflection whose readiness the owner sets."""
+    """A grpc.aio server with health checking and reflection whose readiness the owner sets.
 
-    def __init__(self, bindings: Sequence[ServiceBinding], host: str, port: int) -> None:
-        self.server = grpc.aio.server(options=CHANNEL_OPTIONS)
+    With a worker_token, every call to the mounted services must carry it (health and reflection
+    stay open); None serves them to any caller (--insecure-no-worker-auth).
+    """
+
+    def __init__(self, bindings: Sequence[ServiceBinding], host: str, port: int, *,
+                 worker_token: str | None) -> None:
+        interceptors = [WorkerAuthInterceptor(worker_token)] if worker_token is not None else None
+        self.server = grpc.aio.server(options=CHANNEL_OPTIONS, interceptors=interceptors)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         for binding in bindings:

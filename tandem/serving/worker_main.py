@@ -19,6 +19,7 @@ from tandem.serving.engine_loop import EngineLoop
 from tandem.serving.grpc_server import ServiceBinding, WorkerServer, install_drain_on_sigterm
 from tandem.serving.ready_file import write_ready_file
 from tandem.serving.worker_args import build_engine, configure_logging, worker_id
+from tandem.serving.worker_auth import worker_token_from_args
 from tandem.serving.worker_identity import WorkerIdentity
 from tandem.telemetry.metrics import default_metrics, start_metrics_server
 from tandem.telemetry.tracing import setup_tracing
@@ -42,6 +43,7 @@ async def serve_worker(args: argparse.Namespace, role: str,
                        setup: Callable[[EngineLoop, WorkerIdentity], Awaitable[WorkerParts]]) -> int:
     """Runs a worker until SIGTERM, then drains and returns the exit code."""
     configure_logging(args.log_level)
+    worker_token = worker_token_from_args(args)  # before the model loads: a missing token fails fast
     setup_tracing(f"tandem-{role}")
     engine = await asyncio.to_thread(build_engine, args)
     loop = EngineLoop(engine)
@@ -49,7 +51,7 @@ async def serve_worker(args: argparse.Namespace, role: str,
     model_name = args.model_name or Path(str(args.model)).name
     identity = WorkerIdentity.of_engine(engine, worker_id(args, args.grpc_port), model_name)
     parts = await setup(loop, identity)
-    server = WorkerServer([parts.binding], args.host, args.grpc_port)
+    server = WorkerServer([parts.binding], args.host, args.grpc_port, worker_token=worker_token)
     if not args.worker_id and args.grpc_port == 0:
         identity.worker_id = worker_id(args, server.port)
     await server.start()

@@ -32,7 +32,7 @@ CONTRACT_NAMES = (
     "tandem_kv_blocks_used", "tandem_kv_blocks_total", "tandem_prefill_tokens_total",
     "tandem_generated_tokens_total", "tandem_ttft_seconds", "tandem_itl_seconds",
     "tandem_kv_transfer_bytes_total", "tandem_kv_transfer_seconds", "tandem_requests_total",
-    "tandem_router_added_latency_seconds",
+    "tandem_router_added_latency_seconds", "tandem_dropped_errors_total",
 )
 
 
@@ -54,6 +54,10 @@ class Metrics:
     kv_transfer_seconds: Histogram
     requests: Counter
     router_added_latency_seconds: Histogram
+    dropped_errors: Counter
+    kv_canary_violations: Counter
+    worker_auth_refused: Counter
+    migrations: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> Metrics:
@@ -101,6 +105,23 @@ class Metrics:
                 "tandem_router_added_latency_seconds",
                 "Time the router adds before the first token (auth, admission, routing).",
                 ("model",), buckets=LATENCY_BUCKETS_S, registry=registry),
+            dropped_errors=Counter(
+                "tandem_dropped_errors",
+                "Errors a component handled by giving something up (a cancel not delivered, a "
+                "grant release that failed, an unknown finish reason), by component and kind.",
+                ("component", "kind"), registry=registry),
+            kv_canary_violations=Counter(
+                "tandem_kv_canary_violations",
+                "Free KV blocks found written after their release (canary mode, --debug-kv-canary).",
+                registry=registry),
+            worker_auth_refused=Counter(
+                "tandem_worker_auth_refused",
+                "Worker API calls refused for a missing or wrong worker token, by reason.",
+                ("reason",), registry=registry),
+            migrations=Counter(
+                "tandem_request_migrations",
+                "Samples moved to another decode worker after theirs was lost mid-stream.",
+                ("model",), registry=registry),
         )
 
     def exposition(self) -> tuple[bytes, str]:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tandem.engine.block_manager import BlockPool, KVCacheManager, consecutive_runs, hash_block
+from tandem.engine.block_hash import ROOT_HASH, hash_block
+from tandem.engine.block_manager import BlockPool, KVCacheManager, consecutive_runs
 from tandem.engine.sampling_params import SamplingParams
 from tandem.engine.sequence import Sequence
 
@@ -89,7 +90,7 @@ def test_a_fully_cached_prompt_still_leaves_its_last_token_to_compute():
 def test_hash_hits_are_checked_against_the_tokens():
     pool = BlockPool(4)
     (block_id,) = pool.allocate(1)
-    block_hash = hash_block(0, (1, 2, 3, 4))
+    block_hash = hash_block(ROOT_HASH, (1, 2, 3, 4))
     pool.register(block_id, block_hash, (1, 2, 3, 4))
     assert pool.lookup(block_hash, (1, 2, 3, 4)) == block_id
     assert pool.lookup(block_hash, (9, 9, 9, 9)) is None

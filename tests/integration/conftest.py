@@ -12,6 +12,21 @@ os.environ.setdefault("UCX_NET_DEVICES", "lo")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def worker_token_file(tmp_path_factory):
+    """One worker token for every cluster, in-process worker and helper stub of the session."""
+    from tandem.serving.worker_auth import TOKEN_ENV, write_token_file
+
+    path = write_token_file(tmp_path_factory.mktemp("worker-token") / "token")
+    previous = os.environ.get(TOKEN_ENV)
+    os.environ[TOKEN_ENV] = str(path)  # LocalCluster and the processes it starts read it too
+    yield path
+    if previous is None:
+        os.environ.pop(TOKEN_ENV)
+    else:
+        os.environ[TOKEN_ENV] = previous
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """A random-weight Llama-shaped model folder shared by the integration tests."""

@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 import grpc
 
 from tandem.api.v1 import inference_pb2, inference_pb2_grpc, worker_pb2, worker_pb2_grpc
+from tandem.serving.worker_auth import TOKEN_ENV, authenticated_channel, read_token_file
+
+
+def worker_token() -> str:
+    """The token of the workers the tests start (conftest points TANDEM_WORKER_TOKEN_FILE at it)."""
+    return read_token_file(os.environ[TOKEN_ENV])
 
 
 def decode_stub(address: str) -> worker_pb2_grpc.DecodeWorkerStub:
-    """A blocking stub for a decode worker."""
-    return worker_pb2_grpc.DecodeWorkerStub(grpc.insecure_channel(address))
+    """A blocking stub for a decode worker, its calls carrying the worker token."""
+    return worker_pb2_grpc.DecodeWorkerStub(authenticated_channel(address, worker_token()))
 
 
 def prefill_stub(address: str) -> worker_pb2_grpc.PrefillWorkerStub:
-    """A blocking stub for a prefill worker."""
-    return worker_pb2_grpc.PrefillWorkerStub(grpc.insecure_channel(address))
+    """A blocking stub for a prefill worker, its calls carrying the worker token."""
+    return worker_pb2_grpc.PrefillWorkerStub(authenticated_channel(address, worker_token()))
 
 
 def router_stub(address: str) -> inference_pb2_grpc.InferenceStub:
@@ -29,7 +36,7 @@ def used_blocks(stub) -> int:
     return stub.GetLoad(worker_pb2.GetLoadRequest(), timeout=5).num_kv_blocks_used
 
 
-def wait_for_blocks(stub, expected: int, timeout_s: float = 15.0) -> int:
+def wait_for_blocks(stub, expected: int, timeout_s: float = 60.0) -> int:
     """Polls until the worker's used blocks equal expected (or the wait ends); returns the last count."""
     deadline = time.monotonic() + timeout_s
     count = used_blocks(stub)

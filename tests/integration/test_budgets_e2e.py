@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import grpc
 import pytest
 
@@ -11,6 +13,8 @@ from tests.integration.helpers import collect, decode_stub, router_stub, used_bl
 
 pytestmark = pytest.mark.slow
 THINKING = inference_pb2.TOKEN_SECTION_THINKING
+# Tokens of a generation long enough that a deadline cuts it (the tiny model's context is 2048).
+LONG_GENERATION = 1500
 KEYS = "tenants:\n  - name: capped\n    api_keys: [sk-capped]\n    policy: {max_tokens: 8, max_samples: 2}\n"
 
 
@@ -34,7 +38,7 @@ def _chat(content: str, **budget) -> inference_pb2.GenerateRequest:
 
 def _stream(cluster, request, api_key=None):
     metadata = [("authorization", f"Bearer {api_key}")] if api_key else None
-    return list(router_stub(cluster.grpc_address).Generate(request, metadata=metadata, timeout=60))
+    return list(router_stub(cluster.grpc_address).Generate(request, metadata=metadata, timeout=300))
 
 
 @pytest.mark.parametrize("budget", [1, 4, 9])
@@ -53,13 +57,25 @@ def test_thinking_budget_forces_the_delimiter_after_exactly_b_tokens(cluster, re
     assert usage.completion_tokens == len(ids)
 
 
+def _finish_reasons(responses) -> list[int]:
+    return [r.finish_reason for r in responses if r.finish_reason]
+
+
 def test_deadline_ends_the_request_with_what_it_has(cluster):
     decode = decode_stub(cluster.worker_address(cluster.decode[0]))
     baseline = wait_for_blocks(decode, used_blocks(decode))
-    responses = _stream(cluster, _chat("Go on for a long time.", deadline_seconds=0.4, max_tokens=1500))
-    reasons = [r.finish_reason for r in responses if r.finish_reason]
-    assert reasons == [inference_pb2.FINISH_REASON_DEADLINE]
-    assert 0 < responses[-1].usage.completion_tokens < 1500
+    # The same request without a deadline, timed on this machine as loaded as it is now; it also
+    # warms the prefix cache and every connection, so the first token comes quickly below.
+    started = time.monotonic()
+    full = _stream(cluster, _chat("Go on for a long time.", max_tokens=LONG_GENERATION))
+    full_s = time.monotonic() - started
+    assert _finish_reasons(full) == [inference_pb2.FINISH_REASON_LENGTH], "ended early: nothing to cut"
+    # A quarter of that: long past the first token, and the generation would have to run four
+    # times faster than just now to finish before it.
+    responses = _stream(cluster, _chat("Go on for a long time.", deadline_seconds=full_s / 4,
+                                       max_tokens=LONG_GENERATION))
+    assert _finish_reasons(responses) == [inference_pb2.FINISH_REASON_DEADLINE]
+    assert 0 < responses[-1].usage.completion_tokens < LONG_GENERATION
     assert wait_for_blocks(decode, baseline) == baseline
 
 

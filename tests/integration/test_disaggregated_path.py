@@ -72,8 +72,9 @@ def test_disaggregated_equals_colocated_on_the_decode_worker(cluster, prompts):
 def test_lease_expiry_frees_reserved_blocks(cluster):
     decode = decode_stub(cluster.worker_address(cluster.decode[1]))
     baseline = wait_for_blocks(decode, used_blocks(decode))
+    # A lease long enough that the blocks are surely still held when counted on a loaded machine.
     reservation = decode.Reserve(worker_pb2.ReserveRequest(
-        request_id="never-prefilled", prompt_token_ids=list(range(5, 105)), lease_seconds=1.0), timeout=5)
+        request_id="never-prefilled", prompt_token_ids=list(range(5, 105)), lease_seconds=5.0), timeout=30)
     assert len(reservation.block_ids) == 7  # 100 tokens in blocks of 16
     assert used_blocks(decode) >= baseline + 7 - reservation.num_cached_blocks
     assert wait_for_blocks(decode, baseline) == baseline

@@ -97,7 +97,7 @@ def test_bad_api_key_is_refused(cluster, openai_client):
         bad.chat.completions.create(model="x", messages=CHAT, max_tokens=2)
     with pytest.raises(grpc.RpcError) as refused:
         list(router_stub(cluster.grpc_address).Generate(
-            greedy_request([5, 6, 7], 2), metadata=[("authorization", "Bearer sk-wrong")], timeout=10))
+            greedy_request([5, 6, 7], 2), metadata=[("authorization", "Bearer sk-wrong")], timeout=60))
     assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
@@ -110,7 +110,7 @@ def test_unknown_model_is_not_found(openai_client, cluster):
     request.model = "no-such-model"
     with pytest.raises(grpc.RpcError) as refused:
         list(router_stub(cluster.grpc_address).Generate(
-            request, metadata=[("authorization", f"Bearer {API_KEY}")], timeout=10))
+            request, metadata=[("authorization", f"Bearer {API_KEY}")], timeout=60))
     assert refused.value.code() == grpc.StatusCode.NOT_FOUND
 
 
@@ -126,7 +126,7 @@ def test_malformed_and_out_of_range_requests_get_400(cluster, body, param):
                                      headers={"Content-Type": "application/json",
                                               "Authorization": f"Bearer {API_KEY}"})
     with pytest.raises(urllib.error.HTTPError) as failed:
-        urllib.request.urlopen(request, timeout=10)
+        urllib.request.urlopen(request, timeout=60)
     assert failed.value.code == 400
     error = json.loads(failed.value.read())["error"]
     assert error["type"] == "invalid_request_error"
@@ -137,7 +137,7 @@ def test_malformed_and_out_of_range_requests_get_400(cluster, body, param):
 def test_prompt_over_the_context_is_invalid(cluster):
     with pytest.raises(grpc.RpcError) as refused:
         list(router_stub(cluster.grpc_address).Generate(
-            greedy_request([5] * 5000, 4), metadata=[("authorization", f"Bearer {API_KEY}")], timeout=10))
+            greedy_request([5] * 5000, 4), metadata=[("authorization", f"Bearer {API_KEY}")], timeout=60))
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "context" in refused.value.details()
 
@@ -159,7 +159,7 @@ def test_one_trace_spans_router_prefill_transfer_and_decode(cluster, trace_dir):
     collect(router_stub(cluster.grpc_address).Generate(
         greedy_request(list(range(20, 90)), 4, ), metadata=[("authorization", f"Bearer {API_KEY}")],
         timeout=60))
-    deadline = time.monotonic() + 15
+    deadline = time.monotonic() + 60
     wanted = {"prefill_worker.prefill", "kv_transfer", "decode_worker.decode", "router.prefill"}
     while True:
         spans = [json.loads(line) for path in trace_dir.glob("*.jsonl")

@@ -102,5 +102,5 @@ def test_prefill_worker_killed_mid_prompt(cluster):
     assert "UNAVAILABLE" in outcomes, "every prefill finished before the kill: no failure was exercised"
     # Half the reservations are cancelled by their owner at once; the rest expire with their lease.
     for index in indices[::2]:
-        decode.Cancel(worker_pb2.CancelRequest(request_id=f"r{index}", reason="prefill lost"), timeout=5)
+        decode.Cancel(worker_pb2.CancelRequest(request_id=f"r{index}", reason="prefill lost"), timeout=30)
     assert wait_for_blocks(decode, baseline) == baseline

@@ -87,6 +87,20 @@ async def test_a_source_table_short_at_the_last_report_fails_the_transfer():
     assert sender.events and sender.events[-1].startswith("abort")
 
 
+async def test_source_blocks_that_change_after_they_were_sent_fail_the_transfer():
+    sender = RecordingSender()
+    streamer = LayerStreamer(sender, _reservation([3, 4, 5], 0), [], num_prompt_tokens=12)
+    for layer in range(NUM_LAYERS):
+        streamer.on_layer_done(layer, 8, src_block_ids=[1, 2, 6])
+    await asyncio.sleep(0)
+    # Blocks 1 and 2 went out; the prompt is now in other blocks (recomputed after a free).
+    for layer in range(NUM_LAYERS):
+        streamer.on_layer_done(layer, 12, src_block_ids=[9, 10, 11])
+    with pytest.raises(Exception, match="source blocks changed"):
+        await asyncio.wait_for(streamer.finish(), 5)
+    assert "commit" not in sender.events and sender.events[-1].startswith("abort")
+
+
 async def test_reports_from_a_compute_thread_are_all_sent():
     sender = RecordingSender()
     reservation = _reservation([3, 4], num_cached=0)
@@ -124,7 +138,7 @@ async def test_bad_arguments_are_refused():
     reservation = _reservation([3, 4], 0)
     with pytest.raises(ValueError, match="source blocks"):
         LayerStreamer(sender, reservation, [7, 8, 9], num_prompt_tokens=8)
-    with pytest.raises(ValueError, match="prompt tokens"):
+    with pytest.raises(ValueError, match="9-token prompt needs 3 blocks"):
         LayerStreamer(sender, reservation, [7, 8], num_prompt_tokens=9)
     streamer = LayerStreamer(sender, reservation, [7, 8], num_prompt_tokens=5)
     with pytest.raises(ValueError, match="layer 3"):

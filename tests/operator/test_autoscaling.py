@@ -67,7 +67,7 @@ def _spec(url: str, **overrides: Any) -> dict[str, Any]:
             "prefill": {"minReplicas": 1, "maxReplicas": 8,
                         "capacity": {"prefillTokensPerSecond": 1000}},
             "decode": {"minReplicas": 1, "maxReplicas": 8, "capacity": {"maxSequences": 8}},
-            "autoscaling": autoscaling}
+            "router": {"allowAnonymous": True}, "autoscaling": autoscaling}
     for pool, fields in overrides.items():
         spec[pool] = {**spec[pool], **fields}
     return spec

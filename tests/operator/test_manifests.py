@@ -38,8 +38,9 @@ def _pod(objects, name: str) -> dict[str, Any]:
 
 
 def test_every_object_is_valid_against_the_kubernetes_schemas():
-    for variant in (SPEC, {"model": {"image": {"path": "/opt/model"}}},
-                    {"model": {"hostPath": {"path": "/mnt/models/llama"}},
+    anonymous = {"allowAnonymous": True}
+    for variant in (SPEC, {"model": {"image": {"path": "/opt/model"}}, "router": anonymous},
+                    {"model": {"hostPath": {"path": "/mnt/models/llama"}}, "router": anonymous,
                      "prefill": {"device": "cpu"}, "decode": {"device": "cpu"}}):
         for manifest in _objects(variant).values():
             validate_manifest(manifest)
@@ -52,8 +53,10 @@ def test_workers_run_the_conventional_command_lines():
     common = ["--model", "/models/llama-3-8b", "--grpc-port", "50051", "--metrics-port", "9090",
               "--device", "cuda", "--dtype", "bfloat16", "--worker-id", "$(POD_NAME)",
               "--model-name", "llama-3-8b"]
-    assert prefill["command"] == ["tandem"] and prefill["args"] == ["prefill", *common]
-    assert decode["args"] == ["decode", *common, "--kv-port", "13337", "--kv-host", "$(POD_IP)"]
+    token = ["--worker-token-file", "/etc/tandem/worker-token/token"]
+    assert prefill["command"] == ["tandem"] and prefill["args"] == ["prefill", *common, *token]
+    assert decode["args"] == ["decode", *common, "--kv-port", "13337", "--kv-host", "$(POD_IP)",
+                              *token]
     env = {e["name"]: e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") for e in decode["env"]}
     assert env["POD_NAME"] == "metadata.name" and env["POD_IP"] == "status.podIP"
     mount = next(m for m in decode["volumeMounts"] if m["name"] == "model")
@@ -100,7 +103,7 @@ def test_router_mounts_policy_keys_and_tls_and_discovers_through_endpointslices(
     objects = _objects(SPEC)
     router = _container(objects, "llama-router")
     args = router["args"]
-    assert args[:2] == ["router", "--grpc-port"]
+    assert args[:3] == ["router", "--model", "/models/llama-3-8b"]
     for flag, value in (("--discovery", "kubernetes"), ("--namespace", "serving"),
                         ("--deployment", "llama"), ("--policy", "/etc/tandem/policy/policy.yaml"),
                         ("--api-keys", "/etc/tandem/api-keys/api-keys.yaml"),
@@ -122,6 +125,7 @@ def test_router_mounts_policy_keys_and_tls_and_discovers_through_endpointslices(
     ({"minReplicas": 2, "maxReplicas": 4}, 5, 4),      # ... within the new bounds
 ])
 def test_pool_replicas(pool, live, expected):
-    raw = {"model": {"image": {"path": "/m"}}, "decode": pool, "autoscaling": {"enabled": True}}
+    raw = {"model": {"image": {"path": "/m"}}, "decode": pool, "autoscaling": {"enabled": True},
+           "router": {"allowAnonymous": True}}
     spec = parse_spec(raw, "llama", "img")
     assert pool_replicas(spec, spec.tiers[0].decode, live) == expected

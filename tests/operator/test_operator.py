@@ -36,7 +36,7 @@ from tests.operator.cluster import (
 
 PEERINGS = kmock.resource("kopf.dev", "v1", "clusterkopfpeerings")
 SPEC = {"model": {"pvc": {"claimName": "models", "path": "llama-3-8b"}},
-        "prefill": {"replicas": 2}, "decode": {"replicas": 3},
+        "prefill": {"replicas": 2}, "decode": {"replicas": 3}, "router": {"apiKeysSecret": "tenants", "policy": {"version": 1}},
         "autoscaling": {"intervalSeconds": 1}}  # the status refresh tick
 
 
@@ -123,7 +123,7 @@ async def test_create_change_delete(cluster):
         await delete_td(cluster, "llama")
         await wait_for(lambda: (TD, NAMESPACE, "llama") not in cluster.objects
                        or cluster.objects[TD, NAMESPACE, "llama"].deleted)
-    assert collect_garbage(cluster) == 13
+    assert collect_garbage(cluster) == 14  # and the worker token Secret
     assert owned_names(cluster) == set()
 
 

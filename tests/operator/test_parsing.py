@@ -9,10 +9,11 @@ from tandem_operator.parsing import parse_spec
 from tandem_operator.spec import MetricsSourceKind, ModelSource, pool_autoscaling_config
 
 MODEL = {"pvc": {"claimName": "models", "path": "llama"}}
+ROUTER = {"apiKeysSecret": "tenants"}
 
 
 def test_a_single_model_is_one_default_tier_with_defaults():
-    spec = parse_spec({"model": MODEL}, "llama", "img:1")
+    spec = parse_spec({"model": MODEL, "router": ROUTER}, "llama", "img:1")
     (tier,) = spec.tiers
     assert tier.name == "default" and tier.model.source is ModelSource.PVC
     assert tier.model.model_dir == "/models/llama"
@@ -26,7 +27,7 @@ def test_tier_pool_fields_override_the_shared_ones_key_by_key():
         "tiers": [{"name": "small", "model": {"image": {"path": "/m/small"}}},
                   {"name": "large", "model": {"hostPath": {"path": "/mnt/large"}},
                    "decode": {"nodeSelector": {"gpu": "h200"}, "gpus": 4}}],
-        "decode": {"nodeSelector": {"gpu": "l40s"}, "replicas": 2},
+        "decode": {"nodeSelector": {"gpu": "l40s"}, "replicas": 2}, "router": ROUTER,
     }, "llama", "img:1")
     small, large = spec.tiers
     assert small.decode.node_selector == {"gpu": "l40s"} and small.decode.num_gpus == 1
@@ -36,7 +37,7 @@ def test_tier_pool_fields_override_the_shared_ones_key_by_key():
 
 
 def test_the_policy_gets_the_spec_values_and_its_own_defaults_for_the_rest():
-    spec = parse_spec({"model": MODEL, "autoscaling": {
+    spec = parse_spec({"model": MODEL, "router": ROUTER, "autoscaling": {
         "enabled": True, "intervalSeconds": 20, "ttftSloSeconds": 0.5, "itlSloSeconds": 0.04,
         "scaleDownStabilizationSeconds": 120, "maxScaleUpStep": 2},
         "prefill": {"minReplicas": 2, "maxReplicas": 10,
@@ -74,7 +75,8 @@ def test_the_policy_gets_the_spec_values_and_its_own_defaults_for_the_rest():
     ({"model": MODEL, "decode": {"resources": {"limits": {"memory": [1]}}}},
      "spec.decode.resources.limits: memory must be quantities"),
     ({"model": MODEL, "decode": {"resources": {"limit": {}}}}, "unknown field(s) limit"),
-    ({"tiers": [{"name": "a", "model": MODEL}, {"name": "a", "model": MODEL}]}, "unique"),
+    ({"tiers": [{"name": "a", "model": MODEL}, {"name": "a", "model": MODEL}], "router": ROUTER},
+     "unique"),
     ({"tiers": [{"name": "Big_Tier", "model": MODEL}]}, "spec.tiers[0]: name"),
     ({"tiers": [{"model": MODEL}]}, "spec.tiers[0].name is required"),
 ])
@@ -86,7 +88,8 @@ def test_bad_specs_name_the_field(raw, message):
 
 def test_names_and_images():
     with pytest.raises(ValueError, match="metadata.name"):
-        parse_spec({"model": MODEL}, "x" * 41, "img")
+        parse_spec({"model": MODEL, "router": ROUTER}, "x" * 41, "img")
     with pytest.raises(ValueError, match="spec.image is required"):
-        parse_spec({"model": MODEL}, "llama", None)
-    assert parse_spec({"model": MODEL, "image": "mine:2"}, "llama", None).image == "mine:2"
+        parse_spec({"model": MODEL, "router": ROUTER}, "llama", None)
+    assert parse_spec({"model": MODEL, "router": ROUTER, "image": "mine:2"}, "llama",
+                      None).image == "mine:2"

@@ -22,14 +22,15 @@ from tests.operator.cluster import (
 )
 
 ONE_TIER = {"model": {"image": {"path": "/opt/models/llama"}},
-            "prefill": {"replicas": 2}, "decode": {"replicas": 3}}
+            "prefill": {"replicas": 2}, "decode": {"replicas": 3},
+            "router": {"allowAnonymous": True, "policy": {"version": 1}}}
 TWO_TIERS = {
     "tiers": [{"name": "small", "model": {"image": {"path": "/opt/models/small"}}},
               {"name": "large", "model": {"pvc": {"claimName": "models", "path": "large"}},
                "decode": {"replicas": 4, "nodeSelector": {"gpu": "h200"}}}],
     "prefill": {"replicas": 1, "nodeSelector": {"gpu": "h100"}},
     "decode": {"replicas": 2},
-    "router": {"policy": {"budgets": {"default_max_tokens": 512}}},
+    "router": {"allowAnonymous": True, "policy": {"budgets": {"default_max_tokens": 512}}},
 }
 
 
@@ -45,7 +46,8 @@ async def owner(k8s) -> Owner:
 
 async def test_creates_the_objects_with_owner_references_and_the_label_contract(k8s, kube, owner):
     result = await _reconcile(kube, owner, ONE_TIER)
-    assert len(result.created) == 13 and not result.patched and not result.deleted
+    assert len(result.created) == 14 and not result.patched and not result.deleted
+    assert "Secret/llama-worker-token" in result.created  # created once, never read back
     for kind, name in owned_names(k8s):
         meta = k8s.objects[OWNED[kind], NAMESPACE, name].raw["metadata"]
         assert meta["ownerReferences"] == [owner.reference()], (kind, name)

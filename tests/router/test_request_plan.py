@@ -45,6 +45,8 @@ def _refusal(model, request, defaults=None) -> RouterError:
     (inference_pb2.SamplingParams(n=3, selection=inference_pb2.SELECTION_RULE_MAJORITY_OF_FIRST_M,
                                   selection_m=4), "selection_m"),
     (inference_pb2.SamplingParams(stop=["ok", ""]), "stop"),
+    (inference_pb2.SamplingParams(stop=["ok"] * 17), "stop"),
+    (inference_pb2.SamplingParams(stop=["x" * 257]), "stop"),
 ])
 def test_bad_sampling_values_are_refused_by_name(model, sampling, param):
     error = _refusal(model, _request(sampling=sampling))

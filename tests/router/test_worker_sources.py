@@ -20,7 +20,7 @@ def _args(*argv: str) -> argparse.Namespace:
 
 
 async def test_static_lists_fill_the_pool():
-    pool = WorkerPool()
+    pool = WorkerPool(worker_token=None)
     task = await start_discovery(_args("--prefill-workers", "10.0.0.1:1,10.0.0.2:2",
                                        "--decode-workers", "10.0.0.3:3"), pool)
     assert task is None
@@ -31,7 +31,7 @@ async def test_static_lists_fill_the_pool():
 
 async def test_static_discovery_without_decode_workers_is_refused():
     with pytest.raises(SystemExit, match="decode"):
-        await start_discovery(_args("--prefill-workers", "10.0.0.1:1"), WorkerPool())
+        await start_discovery(_args("--prefill-workers", "10.0.0.1:1"), WorkerPool(worker_token=None))
 
 
 async def test_kubernetes_endpoint_slices_follow_into_the_pool(k8s_api, kmock, tmp_path, monkeypatch):
@@ -42,7 +42,7 @@ async def test_kubernetes_endpoint_slices_follow_into_the_pool(k8s_api, kmock, t
     await api.create_namespaced_endpoint_slice(NAMESPACE, endpoint_slice(
         "demo-decode", "decode", "small", {"decode-0": ("10.0.0.1", True)}))
     kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", str(kmock.url).rstrip("/"))
-    pool = WorkerPool()
+    pool = WorkerPool(worker_token=None)
     task = await start_discovery(_args("--discovery", "kubernetes", "--namespace", NAMESPACE,
                                        "--deployment", "demo", "--kubeconfig", kubeconfig), pool)
     try:

@@ -25,6 +25,7 @@ def record_one_of_each(metrics: Metrics) -> None:
     metrics.kv_transfer_seconds.labels(worker="prefill-0", model="small").observe(0.003)
     metrics.requests.labels(outcome="ok", model="small").inc()
     metrics.router_added_latency_seconds.labels(model="small").observe(0.001)
+    metrics.dropped_errors.labels(component="router", kind="cancel_failed").inc()
 
 
 def exposed(text: str) -> dict[str, list]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -10,6 +11,7 @@ from typing import Any
 import yaml
 
 from tandem.policy.autoscaling import Phase
+from tandem.serving.worker_auth import new_worker_token
 
 from tandem_operator.kube import GROUP, VERSION
 from tandem_operator.manifests.pods import (
@@ -18,6 +20,7 @@ from tandem_operator.manifests.pods import (
     KV_PORT,
     METRICS_PORT,
     POLICY_FILE,
+    WORKER_TOKEN_KEY,
     router_pod_template,
     worker_pod_template,
 )
@@ -25,8 +28,10 @@ from tandem_operator.naming import (
     Role,
     policy_config_name,
     pool_name,
+    owned_labels,
     router_name,
     selector_labels,
+    worker_token_name,
     workload_labels,
 )
 from tandem_operator.spec import DeploymentSpec, PoolSpec, TierSpec, pool_autoscaling_config
@@ -54,6 +59,13 @@ def desired_objects(owner: Owner, spec: DeploymentSpec,
         for phase in Phase:
             objects += _pool_objects(owner, spec, tier, Role.of_phase(phase), live_replicas)
     return objects
+
+
+def worker_token_secret(owner: Owner) -> dict[str, Any]:
+    """A Secret with a fresh token for router -> worker calls (created once, never read back)."""
+    token = base64.b64encode(new_worker_token().encode()).decode()
+    return _object(owner, "v1", "Secret", worker_token_name(owner.name), owned_labels(owner.name),
+                   type="Opaque", data={WORKER_TOKEN_KEY: token})
 
 
 def pool_replicas(spec: DeploymentSpec, pool: PoolSpec, live: int | None) -> int:
@@ -99,15 +111,17 @@ def _router_objects(owner: Owner, spec: DeploymentSpec) -> list[dict[str, Any]]:
               "verbs": ["get", "list", "watch"]}]
     binding = {"roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
                "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": owner.namespace}]}
-    policy = yaml.safe_dump(router.policy, sort_keys=True)
     template = router_pod_template(spec, owner.namespace)
-    # The router reads its policy file at start: a content hash on the pod template rolls the
-    # router out again whenever the policy changes.
-    template["metadata"]["annotations"] = {
-        "tandem.dev/policy-hash": hashlib.sha256(policy.encode()).hexdigest()[:16]}
-    return [
-        _object(owner, "v1", "ConfigMap", policy_config_name(spec.name), labels,
-                data={POLICY_FILE: policy}),
+    objects = []
+    if router.policy:
+        policy = yaml.safe_dump(router.policy, sort_keys=True)
+        # The router reads its policy file at start: a content hash on the pod template rolls the
+        # router out again whenever the policy changes.
+        template["metadata"]["annotations"] = {
+            "tandem.dev/policy-hash": hashlib.sha256(policy.encode()).hexdigest()[:16]}
+        objects.append(_object(owner, "v1", "ConfigMap", policy_config_name(spec.name), labels,
+                               data={POLICY_FILE: policy}))
+    return objects + [
         _object(owner, "v1", "ServiceAccount", name, labels),
         _object(owner, rbac, "Role", name, labels, rules=rules),
         _object(owner, rbac, "RoleBinding", name, labels, **binding),

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from tandem_operator.naming import Role, policy_config_name, router_name, workload_labels
+from tandem_operator.naming import (
+    Role,
+    policy_config_name,
+    router_name,
+    worker_token_name,
+    workload_labels,
+)
 from tandem_operator.spec import MODEL_MOUNT_DIR, DeploymentSpec, ModelSource, PoolSpec, TierSpec
 
 GRPC_PORT = 50051
@@ -16,8 +22,10 @@ WORKER_GRACE_S = 60  # the workers drain in-flight requests for up to 30 s on SI
 POLICY_DIR = "/etc/tandem/policy"
 API_KEYS_DIR = "/etc/tandem/api-keys"
 TLS_DIR = "/etc/tandem/tls"
+WORKER_TOKEN_DIR = "/etc/tandem/worker-token"
 POLICY_FILE = "policy.yaml"
 API_KEYS_FILE = "api-keys.yaml"
+WORKER_TOKEN_KEY = "token"
 
 
 def worker_pod_template(spec: DeploymentSpec, tier: TierSpec, role: Role) -> dict[str, Any]:
@@ -27,9 +35,8 @@ def worker_pod_template(spec: DeploymentSpec, tier: TierSpec, role: Role) -> dic
     if role is Role.DECODE:
         ports.append(_port("kv", KV_PORT))
     volumes, mounts = _scratch_volumes()
-    if tier.model.source is not ModelSource.IMAGE:
-        volumes.append(_model_volume(tier))
-        mounts.append({"name": "model", "mountPath": MODEL_MOUNT_DIR, "readOnly": True})
+    _add_model(tier, volumes, mounts)
+    _add_worker_token(spec, volumes, mounts)
     container = {
         "name": role.value,
         "image": spec.image,
@@ -55,19 +62,30 @@ def worker_pod_template(spec: DeploymentSpec, tier: TierSpec, role: Role) -> dic
 
 
 def router_pod_template(spec: DeploymentSpec, namespace: str) -> dict[str, Any]:
-    """The router's pod template: discovery through EndpointSlices, policy from a ConfigMap."""
+    """The router's pod template: discovery through EndpointSlices, the model's tokenizer and chat
+    template from the workers' model volume, the policy (when the spec has one) from a ConfigMap."""
     router = spec.router
+    # The router serves one model: the first tier's (it reads that model's tokenizer).
+    model = spec.tiers[0].model
     volumes, mounts = _scratch_volumes()
-    volumes.append({"name": "policy", "configMap": {"name": policy_config_name(spec.name)}})
-    mounts.append({"name": "policy", "mountPath": POLICY_DIR, "readOnly": True})
-    args = ["router", "--grpc-port", str(GRPC_PORT), "--http-port", str(HTTP_PORT),
-            "--metrics-port", str(METRICS_PORT), "--discovery", "kubernetes",
-            "--namespace", namespace, "--deployment", spec.name,
-            "--policy", f"{POLICY_DIR}/{POLICY_FILE}"]
+    _add_model(spec.tiers[0], volumes, mounts)
+    _add_worker_token(spec, volumes, mounts)
+    args = ["router", "--model", model.model_dir, "--grpc-port", str(GRPC_PORT),
+            "--http-port", str(HTTP_PORT), "--metrics-port", str(METRICS_PORT),
+            "--discovery", "kubernetes", "--namespace", namespace, "--deployment", spec.name,
+            *_worker_token_args()]
+    if model.served_name:
+        args += ["--model-name", model.served_name]
+    if router.policy:
+        volumes.append({"name": "policy", "configMap": {"name": policy_config_name(spec.name)}})
+        mounts.append({"name": "policy", "mountPath": POLICY_DIR, "readOnly": True})
+        args += ["--policy", f"{POLICY_DIR}/{POLICY_FILE}"]
     if router.api_keys_secret:
         volumes.append({"name": "api-keys", "secret": {"secretName": router.api_keys_secret}})
         mounts.append({"name": "api-keys", "mountPath": API_KEYS_DIR, "readOnly": True})
         args += ["--api-keys", f"{API_KEYS_DIR}/{API_KEYS_FILE}"]
+    if router.allow_anonymous:
+        args.append("--allow-anonymous")
     if router.tls_secret:
         volumes.append({"name": "tls", "secret": {"secretName": router.tls_secret}})
         mounts.append({"name": "tls", "mountPath": TLS_DIR, "readOnly": True})
@@ -104,7 +122,7 @@ def _worker_args(tier: TierSpec, pool: PoolSpec, role: Role) -> list[str]:
         args += ["--model-name", tier.model.served_name]
     if role is Role.DECODE:
         args += ["--kv-port", str(KV_PORT), "--kv-host", "$(POD_IP)"]
-    return args + pool.extra_args
+    return args + _worker_token_args() + pool.extra_args
 
 
 def _worker_env(pool: PoolSpec) -> list[dict[str, Any]]:
@@ -128,6 +146,24 @@ def _worker_resources(pool: PoolSpec) -> dict[str, Any]:
 
 def _copy_resources(resources: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
     return {section: dict(amounts) for section, amounts in resources.items()}
+
+
+def _add_model(tier: TierSpec, volumes: list[dict[str, Any]], mounts: list[dict[str, Any]]) -> None:
+    if tier.model.source is not ModelSource.IMAGE:
+        volumes.append(_model_volume(tier))
+        mounts.append({"name": "model", "mountPath": MODEL_MOUNT_DIR, "readOnly": True})
+
+
+def _add_worker_token(spec: DeploymentSpec, volumes: list[dict[str, Any]],
+                      mounts: list[dict[str, Any]]) -> None:
+    # The operator creates this Secret; the router sends the token, the workers require it.
+    volumes.append({"name": "worker-token", "secret": {
+        "secretName": worker_token_name(spec.name), "defaultMode": 0o440}})
+    mounts.append({"name": "worker-token", "mountPath": WORKER_TOKEN_DIR, "readOnly": True})
+
+
+def _worker_token_args() -> list[str]:
+    return ["--worker-token-file", f"{WORKER_TOKEN_DIR}/{WORKER_TOKEN_KEY}"]
 
 
 def _model_volume(tier: TierSpec) -> dict[str, Any]:

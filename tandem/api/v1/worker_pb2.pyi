@@ -112,7 +112,7 @@ class DecodeBudget(_message.Message):
     def __init__(self, max_tokens: _Optional[int] = ..., max_thinking_tokens: _Optional[int] = ..., deadline: _Optional[float] = ..., max_total_tokens: _Optional[int] = ..., starts_in_thinking: _Optional[bool] = ...) -> None: ...
 
 class DecodeRequest(_message.Message):
-    __slots__ = ("request_id", "reservation_token", "first_token_id", "prompt_token_ids", "colocated", "sampling", "budget")
+    __slots__ = ("request_id", "reservation_token", "first_token_id", "prompt_token_ids", "colocated", "sampling", "budget", "output_token_ids")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     RESERVATION_TOKEN_FIELD_NUMBER: _ClassVar[int]
     FIRST_TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
@@ -120,6 +120,7 @@ class DecodeRequest(_message.Message):
     COLOCATED_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
     BUDGET_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     reservation_token: bytes
     first_token_id: int
@@ -127,7 +128,8 @@ class DecodeRequest(_message.Message):
     colocated: bool
     sampling: _inference_pb2.SamplingParams
     budget: DecodeBudget
-    def __init__(self, request_id: _Optional[str] = ..., reservation_token: _Optional[bytes] = ..., first_token_id: _Optional[int] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., colocated: _Optional[bool] = ..., sampling: _Optional[_Union[_inference_pb2.SamplingParams, _Mapping]] = ..., budget: _Optional[_Union[DecodeBudget, _Mapping]] = ...) -> None: ...
+    output_token_ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, request_id: _Optional[str] = ..., reservation_token: _Optional[bytes] = ..., first_token_id: _Optional[int] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., colocated: _Optional[bool] = ..., sampling: _Optional[_Union[_inference_pb2.SamplingParams, _Mapping]] = ..., budget: _Optional[_Union[DecodeBudget, _Mapping]] = ..., output_token_ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class DecodeChunk(_message.Message):
     __slots__ = ("request_id", "sample_index", "token_ids", "logprobs", "sections", "finish_reason", "finish_detail", "num_cached_prompt_tokens", "hidden_state")

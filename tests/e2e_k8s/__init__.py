@@ -1,0 +1,1 @@
+"""End-to-end tests on the emulated cluster (tests/cluster): install, serve, scale, faults."""
