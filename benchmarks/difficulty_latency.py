@@ -31,10 +31,11 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from router.difficulty.data import RoutingDataset, load_routing_csvs, shared_data_dir  # noqa: E402
-from router.difficulty.embedding_estimator import EmbeddingEstimator  # noqa: E402
-from router.difficulty.feature_estimator import FeatureEstimator  # noqa: E402
-from router.difficulty.minilm import MiniLMEncoder  # noqa: E402
+from tandem.difficulty.embedding_estimator import EmbeddingEstimator  # noqa: E402
+from tandem.difficulty.feature_estimator import FeatureEstimator  # noqa: E402
+from tandem.difficulty.minilm import MiniLMEncoder  # noqa: E402
+from tandem.difficulty.training.data import (RoutingDataset, load_routing_csvs,  # noqa: E402
+                                             shared_data_dir)
 
 WEAK = "mistralai/Mixtral-8x7B-Instruct-v0.1"
 STRONG = "gpt-4-1106-preview"

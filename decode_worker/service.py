@@ -48,6 +48,8 @@ class DecodeService(worker_pb2_grpc.DecodeWorkerServicer):
         self.identity = identity
         self.is_accepting = True
         self._groups: dict[str, SampleGroup] = {}
+        self._generated_tokens = default_metrics().generated_tokens.labels(
+            worker=identity.worker_id, model=identity.model)
 
     # Reserve ------------------------------------------------------------------------------
     async def Reserve(self, request, context):
@@ -226,6 +228,8 @@ class DecodeService(worker_pb2_grpc.DecodeWorkerServicer):
                 continue
             if truncate(chunk, group.tokens_left()):
                 group.running.discard(chunk.sample_index)
+            # Counted before the chunk leaves, so a client that has it can already read the count.
+            self._generated_tokens.inc(len(chunk.token_ids))
             yield chunk
             if group.count_tokens(len(chunk.token_ids)) and group.running:
                 for stopped in await self._stop_running(group, inference_pb2.FINISH_REASON_COST,

@@ -52,6 +52,6 @@ async def _setup(args: argparse.Namespace, loop: EngineLoop, identity: WorkerIde
 def _load_probe(path: str | None):
     if path is None:
         return None
-    from router.difficulty.probe import ProbeHead
+    from tandem.difficulty.probe import ProbeHead
 
     return ProbeHead.load(path)

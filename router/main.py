@@ -141,7 +141,7 @@ def _non_negative_int(text: str) -> int:
 def _difficulty_parts(args: argparse.Namespace) -> dict:
     if args.policy is None:
         return {}
-    from router.difficulty.base import load_estimator
+    from tandem.difficulty.base import load_estimator
     from tandem.policy.difficulty_policy import load_policy
 
     estimator = load_estimator(args.estimator) if args.estimator else None

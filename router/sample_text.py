@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from tandem.api.v1 import inference_pb2
-from tandem.engine.request_output import TextStream
+from tandem.engine.text_stream import TextStream
 from tandem.engine.tokenizer import IncrementalDetokenizer
 
 THINKING = inference_pb2.TOKEN_SECTION_THINKING

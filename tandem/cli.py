@@ -20,7 +20,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("tandem.client_cli", "send one prompt to a router and stream the answer"),
     "chat": ("tandem.client_cli", "chat with a router interactively"),
     "simulate": ("tandem.sim.cli", "simulate a cluster on a request trace"),
-    "difficulty": ("router.difficulty.cli", "train and evaluate difficulty estimators"),
+    "difficulty": ("tandem.difficulty.training.cli", "train and evaluate difficulty estimators"),
     "operator": ("tandem_operator.cli", "run the Kubernetes operator"),
 }
 

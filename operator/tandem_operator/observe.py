@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from tandem_operator.autoscale.conditions import replicas_stalled_condition
 from tandem_operator.autoscale.controller import DeploymentAutoscaler, PoolDecision
 from tandem_operator.kube import KubeClient
 from tandem_operator.manifests.objects import Owner
@@ -41,6 +42,8 @@ async def observe_and_scale(kube: KubeClient, owner: Owner, spec: DeploymentSpec
         states = {state.name: state for state in
                   map(workload_state, await list_owned(kube, owner, "Deployment"))}
     status = build_status(spec, previous.get("observedGeneration"), states.values(), previous)
+    status["conditions"].append(replicas_stalled_condition(
+        decisions, previous.get("conditions"), previous.get("observedGeneration")))
     status["autoscaling"] = {"enabled": spec.autoscaling.is_enabled,
                              "pools": [decision.as_status() for decision in decisions]}
     observation = Observation(status, decisions)

@@ -19,11 +19,12 @@ from tandem.engine.kv_canary import KVCanary
 from tandem.engine.model_config import ModelConfig
 from tandem.engine.model_runner import LayerHook, ModelRunner
 from tandem.engine.request_checks import RequestChecker
-from tandem.engine.request_output import Completion, RequestOutput, TextStream, TokenLogprob
+from tandem.engine.request_output import Completion, RequestOutput, TokenLogprob
 from tandem.engine.sampler import SampleResult, sample, skip_draws
 from tandem.engine.sampling_params import SamplingParams
 from tandem.engine.scheduler import Scheduler
 from tandem.engine.sequence import FinishReason, Sequence, SequenceStatus
+from tandem.engine.text_stream import TextStream
 from tandem.engine.tokenizer import IncrementalDetokenizer, Tokenizer
 from tandem.engine.weights import load_model
 

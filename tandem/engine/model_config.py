@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,6 +9,7 @@ from typing import Any
 
 import torch
 
+from tandem.engine.config_files import read_json
 from tandem.engine.kv_cache import DTYPES, KVCacheSpec
 
 logger = logging.getLogger(__name__)
@@ -178,19 +178,6 @@ class ModelConfig:
             extra = [i for i in _as_id_list(generation.get("eos_token_id")) if i not in config.eos_token_ids]
             config.eos_token_ids = config.eos_token_ids + extra
         return config
-
-
-def read_json(path: Path, what: str) -> dict[str, Any]:
-    """Reads a JSON object file, raising FileNotFoundError/ValueError that name the path."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} file {path} does not exist")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{what} file {path} is not valid JSON: {error}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{what} file {path} must hold a JSON object, got {type(data).__name__}")
-    return data
 
 
 def _as_id_list(value: Any) -> list[int]:

@@ -17,7 +17,7 @@ from typing import Any
 import tokenizers
 
 from tandem.engine.chat_template import find_template, render_template
-from tandem.engine.model_config import read_json
+from tandem.engine.config_files import read_json
 
 logger = logging.getLogger(__name__)
 

@@ -8,9 +8,10 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
+from tandem.engine.config_files import read_json
 from tandem.engine.kv_cache import DTYPES
 from tandem.engine.model import LlamaForCausalLM
-from tandem.engine.model_config import ModelConfig, read_json
+from tandem.engine.model_config import ModelConfig
 
 logger = logging.getLogger(__name__)
 

@@ -12,14 +12,20 @@ Anti-flapping, as Kubernetes' HPA `behavior`: every raw recommendation is rememb
 scales up only to the lowest recommendation of the scale-up window (the need was sustained) and
 down only to the highest recommendation of the scale-down window; a change moves at most
 `max_scale_up_step` / `max_scale_down_step` replicas, at most once per `interval_s`; no new
-action while the previous one is pending (ready != desired); a scale-down happens only if the
-peak load of the scale-down window still fits the smaller pool within `scale_down_headroom` of its
-capacity and observed latency meets the SLO (consolidation check).
+action while the previous one is pending (ready != desired), unless replicas stay unready past
+`pending_timeout_s` (a pod that never schedules): then the decision goes on from the load and says
+how many replicas are stalled; a scale-down happens only if the peak load of the scale-down window
+still fits the smaller pool within `scale_down_headroom` of its capacity and observed latency
+meets the SLO (consolidation check).
+
+Pools never scale to zero (`min_replicas >= 1`): with no pod there is no load to observe and the
+first request would wait for a model to load, minutes past any TTFT SLO.
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import enum
 import math
 from collections.abc import Callable
@@ -77,15 +83,18 @@ class AutoscalingConfig:
     max_seqs_per_replica_at_itl_slo: float = 64.0     # largest decode batch that meets itl_slo_s
     target_kv_usage: float = 0.8            # decode: keep mean KV block usage under this
     scale_down_headroom: float = 0.9        # shrink only if load fits this fraction of the new size
+    pending_timeout_s: float = 600.0        # stop waiting for replicas unready this long (as a
+                                            # Deployment's progressDeadlineSeconds)
     enabled: bool = True                    # False: never change the pool, report why
 
     def __post_init__(self) -> None:
-        if self.min_replicas < 0:
-            raise ValueError(f"min_replicas must be >= 0, got {self.min_replicas}")
-        if self.max_replicas < max(1, self.min_replicas):
-            raise ValueError(f"max_replicas ({self.max_replicas}) must be >= max(1, min_replicas)")
+        if self.min_replicas < 1:
+            raise ValueError(f"min_replicas must be >= 1, got {self.min_replicas}")
+        if self.max_replicas < self.min_replicas:
+            raise ValueError(f"max_replicas ({self.max_replicas}) must be >= min_replicas "
+                             f"({self.min_replicas})")
         for name in ("ttft_slo_s", "itl_slo_s", "interval_s", "prefill_tokens_per_s_per_replica",
-                     "max_seqs_per_replica_at_itl_slo"):
+                     "max_seqs_per_replica_at_itl_slo", "pending_timeout_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         for name in ("scale_up_stabilization_s", "scale_down_stabilization_s"):
@@ -106,6 +115,7 @@ class ScalingDecision:
     desired_replicas: int
     reason: str
     is_change: bool
+    num_stalled_replicas: int = 0  # replicas unready past the pending timeout (no longer waited for)
 
 
 @dataclass(slots=True, frozen=True)
@@ -126,6 +136,7 @@ class _Behaviour:
         self._history: collections.deque[tuple[float, int, float]] = collections.deque()
         self._last_change_at: float | None = None
         self._first_seen_at: float | None = None
+        self._pending_since: float | None = None
 
     def decide(self, now: float, metrics: PoolMetrics, raw: Recommendation,
                meets_slo_on: Callable[[int], bool]) -> ScalingDecision:
@@ -139,9 +150,31 @@ class _Behaviour:
             bounded = min(max(current, cfg.min_replicas), cfg.max_replicas)
             return self._change(now, bounded, f"{current} replicas is outside the bounds "
                                 f"[{cfg.min_replicas}, {cfg.max_replicas}]")
-        if metrics.num_ready_replicas != current:
+        waited = self._unready_for(now, metrics)
+        if waited is not None and waited < cfg.pending_timeout_s:
             return ScalingDecision(current, f"waiting for the previous action: "
                                    f"{metrics.num_ready_replicas} of {current} replicas ready", False)
+        decision = self._decide_on_load(now, current, raw, meets_slo_on)
+        stalled = max(0, current - metrics.num_ready_replicas) if waited is not None else 0
+        if not stalled:
+            return decision
+        return dataclasses.replace(
+            decision, num_stalled_replicas=stalled,
+            reason=f"{stalled} of {current} replicas not ready for {waited:.0f}s (timeout "
+                   f"{cfg.pending_timeout_s:g}s), no longer waiting for them; {decision.reason}")
+
+    def _unready_for(self, now: float, metrics: PoolMetrics) -> float | None:
+        # Seconds since the first tick with ready != desired (None while they match).
+        if metrics.num_ready_replicas == metrics.num_desired_replicas:
+            self._pending_since = None
+            return None
+        if self._pending_since is None:
+            self._pending_since = now
+        return now - self._pending_since
+
+    def _decide_on_load(self, now: float, current: int, raw: Recommendation,
+                        meets_slo_on: Callable[[int], bool]) -> ScalingDecision:
+        cfg = self.config
         if self._last_change_at is not None and now - self._last_change_at < cfg.interval_s:
             return ScalingDecision(current, f"holding {current}: last change "
                                    f"{now - self._last_change_at:.1f}s ago < interval {cfg.interval_s}s",
@@ -201,7 +234,7 @@ class PhaseAutoscaler:
         """The replica count this observation alone asks for, with its reason."""
         load, reason = self.load_in_replicas(metrics)
         num = _bounded(math.ceil(load - 1e-9), self.config)
-        observed, slo, label = self._observed(metrics)
+        observed, slo, label = _observed_latency(self.phase, metrics, self.config)
         if observed is not None and observed > slo and num <= metrics.num_ready_replicas:
             num = min(metrics.num_ready_replicas + 1, self.config.max_replicas)
             reason = f"observed {label} P90 {observed:.3f}s > SLO {slo:.3f}s; {reason}"
@@ -209,9 +242,7 @@ class PhaseAutoscaler:
 
     def meets_slo_on(self, metrics: PoolMetrics, num_replicas: int) -> bool:
         """Whether the observed load fits `num_replicas` replicas with the scale-down headroom."""
-        if num_replicas <= 0:
-            return _is_idle(metrics)
-        observed, slo, _ = self._observed(metrics)
+        observed, slo, _ = _observed_latency(self.phase, metrics, self.config)
         if observed is not None and observed > slo:
             return False
         load, _ = self.load_in_replicas(metrics)
@@ -239,17 +270,15 @@ class PhaseAutoscaler:
             f"{metrics.num_ready_replicas} replicas at target {cfg.target_kv_usage:.2f} = "
             f"{by_kv:.2f} replicas")
 
-    def _observed(self, metrics: PoolMetrics) -> tuple[float | None, float, str]:
-        if self.phase is Phase.PREFILL:
-            return metrics.ttft_p90_s, self.config.ttft_slo_s, "TTFT"
-        return metrics.itl_p90_s, self.config.itl_slo_s, "inter-token"
-
 
 class UtilizationAutoscaler:
-    """HPA-like baseline: one utilisation metric against a target, `ceil(ready * util / target)`.
+    """HPA-like baseline: each metric against its target, `ceil(ready * value / target)`, and the
+    largest of those counts, as an HPA with several metrics does.
 
-    The metric is the prefill busy fraction (throughput over capacity) for a prefill pool and the
-    mean KV usage for a decode pool; changes within `tolerance` of the target are ignored.
+    The metrics are a utilisation (the prefill busy fraction, throughput over capacity, for a
+    prefill pool; the mean KV usage for a decode pool) against `target_utilization`, and the
+    pool's observed P90 latency (TTFT, inter-token) against its SLO when one was observed; a
+    metric within `tolerance` of its target asks for the current size.
     """
 
     def __init__(self, config: AutoscalingConfig, phase: Phase, target_utilization: float = 0.7,
@@ -269,35 +298,46 @@ class UtilizationAutoscaler:
         if self.phase is Phase.DECODE:
             return metrics.kv_usage
         if metrics.num_ready_replicas == 0:
-            return 1.0 if not _is_idle(metrics) else 0.0
+            return 0.0  # nothing ready to be busy; on_tick holds the pool
         capacity = metrics.num_ready_replicas * self.config.prefill_tokens_per_s_per_replica
         return min(1.0, metrics.prefill_tokens_per_s / capacity)
 
     def on_tick(self, now: float, metrics: PoolMetrics) -> ScalingDecision:
         """Takes one observation of the pool and returns the replica count it should run."""
         _check_phase(self.phase, metrics)
-        util = self.utilization(metrics)
-        ratio = util / self.target_utilization
         ready = metrics.num_ready_replicas
+        util = self.utilization(metrics)
+        ratios = {f"utilisation {util:.2f} vs target {self.target_utilization:.2f}":
+                  util / self.target_utilization}
+        observed, slo, label = _observed_latency(self.phase, metrics, self.config)
+        if observed is not None:
+            ratios[f"observed {label} P90 {observed:.3f}s vs SLO {slo:.3f}s"] = observed / slo
+        counts = {name: self._replicas(ready, ratio) for name, ratio in ratios.items()}
         if ready == 0:
-            num = 0 if util == 0 else 1
-        elif abs(ratio - 1.0) <= self.tolerance:
-            num = ready
-        else:
-            num = math.ceil(ready * ratio - 1e-9)
-        raw = Recommendation(_bounded(num, self.config), ready * ratio,
-                             f"utilisation {util:.2f} vs target {self.target_utilization:.2f} "
-                             f"on {ready} replicas")
+            counts = {"no ready replica to measure": metrics.num_desired_replicas}
+        num = max(counts.values())
+        reason = "; ".join(f"{name}: {count}" for name, count in counts.items())
+        raw = Recommendation(_bounded(num, self.config), ready * max(ratios.values()),
+                             f"{reason} (on {ready} replicas)")
         return self._behaviour.decide(now, metrics, raw, lambda n: True)
+
+    def _replicas(self, ready: int, ratio: float) -> int:
+        # One HPA metric's count: unchanged within the tolerance of its target.
+        if abs(ratio - 1.0) <= self.tolerance:
+            return ready
+        return math.ceil(ready * ratio - 1e-9)
 
 
 def _bounded(num: int, config: AutoscalingConfig) -> int:
     return min(max(num, config.min_replicas), config.max_replicas)
 
 
-def _is_idle(metrics: PoolMetrics) -> bool:
-    return (metrics.num_queued_prompt_tokens == 0 and metrics.num_running_seqs == 0
-            and metrics.num_waiting_seqs == 0)
+def _observed_latency(phase: Phase, metrics: PoolMetrics,
+                      config: AutoscalingConfig) -> tuple[float | None, float, str]:
+    # A pool's own phase latency as users see it, its SLO and its name.
+    if phase is Phase.PREFILL:
+        return metrics.ttft_p90_s, config.ttft_slo_s, "TTFT"
+    return metrics.itl_p90_s, config.itl_slo_s, "inter-token"
 
 
 def _check_phase(phase: Phase, metrics: PoolMetrics) -> None:

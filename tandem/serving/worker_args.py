@@ -61,10 +61,11 @@ def resolve_model_dir(model: str) -> Path:
         from tandem.engine.gguf_import import resolve_gguf_model
 
         return resolve_gguf_model(model)
-    from tandem.engine.tiny_model import make_tiny_model
-
     cache = Path(os.environ.get("TANDEM_CACHE", Path.home() / ".cache" / "tandem")) / "tiny-llama"
     if not (cache / "config.json").exists():
+        # Generating the weights needs torch; a router reading the cached folder does not.
+        from tandem.engine.tiny_model import make_tiny_model
+
         make_tiny_model(cache)
     return cache
 

@@ -13,12 +13,11 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from tandem.serving.engine_loop import EngineLoop
 from tandem.serving.grpc_server import ServiceBinding, WorkerServer, install_drain_on_sigterm
 from tandem.serving.ready_file import write_ready_file
-from tandem.serving.worker_args import build_engine, configure_logging, worker_id
+from tandem.serving.worker_args import build_engine, configure_logging, resolve_model_dir, worker_id
 from tandem.serving.worker_auth import worker_token_from_args
 from tandem.serving.worker_identity import WorkerIdentity
 from tandem.telemetry.metrics import default_metrics, start_metrics_server
@@ -48,7 +47,8 @@ async def serve_worker(args: argparse.Namespace, role: str,
     engine = await asyncio.to_thread(build_engine, args)
     loop = EngineLoop(engine)
     loop.start()
-    model_name = args.model_name or Path(str(args.model)).name
+    # The resolved folder's name, as the router derives it, so both agree for aliases and files.
+    model_name = args.model_name or resolve_model_dir(args.model).name
     identity = WorkerIdentity.of_engine(engine, worker_id(args, args.grpc_port), model_name)
     parts = await setup(loop, identity)
     server = WorkerServer([parts.binding], args.host, args.grpc_port, worker_token=worker_token)

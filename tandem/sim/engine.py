@@ -3,7 +3,8 @@
 Events are (time, sequence, kind, machine index, request id) tuples on one heap; arrivals are read
 in order from the trace arrays and merged with the heap, so the heap holds only in-flight events
 (one iteration end per busy machine, KV transfers, machine start-ups, scaling ticks). Routing runs
-`tandem.policy.worker_choice` unchanged; scaling runs `tandem.policy.autoscaling` unchanged.
+`tandem.policy.worker_choice` unchanged; scaling runs `tandem.policy.autoscaling` unchanged, on
+what the router and the workers would expose (`tandem.sim.telemetry`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from tandem.sim.config import SimConfig
 from tandem.sim.machine import Machine, Requests
 from tandem.sim.pools import Pool, build_pools
 from tandem.sim.scaling import ScalingDriver
+from tandem.sim.telemetry import RouterTelemetry
 from tandem.sim.traces import Trace
 
 _ITERATION, _KV_ARRIVAL, _READY, _TICK = 0, 1, 2, 3
@@ -59,14 +61,11 @@ class Simulator:
         self._pool_by_name = {p.name: p for p in self.pools}
         self.prefix_index = worker_choice.PrefixIndex(max_blocks_per_worker=100_000)
         self.routing = RoutingStats()
+        self.router = RouterTelemetry(config.model)
         self.scaling = ScalingDriver(config, self)
         self._heap: list[tuple] = []
         self._seq = 0
         self.backlog: collections.deque[int] = collections.deque()
-        # Prompts sent to a decode machine because the prefill pool was saturated: prefill demand
-        # the prefill pool did not absorb, which its autoscaler must see.
-        self.diverted: set[int] = set()
-        self.diverted_tokens = 0
 
     def run(self, trace: Trace) -> SimResult:
         """Simulates every request of `trace` to completion."""
@@ -148,53 +147,45 @@ class Simulator:
         reqs.decode_machine[rid] = decode.index
         if choice.reason.startswith("prefix locality"):
             self.routing.num_locality_choices += 1
-        target, is_diverted = decode, False
+        target = decode
         if self.prefill_pool is not None:
-            target, is_diverted = self._place_prefill(rid, decode, choice.num_cached_blocks)
+            target = self._place_prefill(rid, decode, choice.num_cached_blocks)
         cached = target.cached_prefix_blocks(hashes) if hashes else 0
         num_uncached = max(1, reqs.prompt[rid] - cached * self.block_size)
         self.routing.num_cached_prompt_tokens += reqs.prompt[rid] - num_uncached
         reqs.uncached[rid] = num_uncached
         reqs.prefill_machine[rid] = target.index
         target.enqueue_prompt(rid, num_uncached)
-        if is_diverted:
-            # Counted with the tokens the decode machine really computes, which is what the
-            # prefill pool's autoscaler must see and what `_iteration_end` takes back.
-            self.diverted.add(rid)
-            self.diverted_tokens += num_uncached
         if hashes:
             self.prefix_index.record(decode.machine_id, hashes)
         self._start(target, now)
 
-    def _place_prefill(self, rid: int, decode: Machine, num_cached_blocks: int) -> tuple[Machine, bool]:
-        # Conditional disaggregation: (machine that prefills, whether a saturated prefill pool
-        # pushed a prompt that should have been disaggregated onto the decode machine).
+    def _place_prefill(self, rid: int, decode: Machine, num_cached_blocks: int) -> Machine:
+        # Conditional disaggregation: the machine that prefills (the decode machine itself for
+        # short prompts, or for any prompt when the prefill pool is saturated).
         reqs, cfg = self.reqs, self.config.worker_choice
         num_uncached = max(1, reqs.prompt[rid] - num_cached_blocks * self.block_size)
         prefill_snaps = [m.snapshot_cache or m.snapshot() for m in self.prefill_pool.routable]
         is_split, _ = worker_choice.should_disaggregate(num_uncached, prefill_snaps, cfg)
         if not is_split:
             self.routing.num_local_prefill += 1
-            return decode, num_uncached >= cfg.min_disaggregate_prompt_tokens
+            return decode
         picked = worker_choice.choose_prefill_worker(prefill_snaps, reqs.prompt[rid], cfg)
         decode.num_expected += 1
         decode.snapshot_cache = None
         self.routing.num_disaggregated += 1
-        return self.prefill_pool.by_id[picked.worker_id], False
+        return self.prefill_pool.by_id[picked.worker_id]
 
     def _iteration_end(self, machine: Machine, now: float) -> None:
         reqs = self.reqs
+        if machine.iter_batch:
+            self._observe_token_gaps(machine, now)
         prefilled, finished = machine.finish_iteration(reqs)
-        pool = self.pool_of(machine) if (prefilled or finished) else None
         for rid in finished:
             reqs.finish_s[rid] = now
-            pool.recent_tbt.append((now - reqs.first_token_s[rid]) / (reqs.output[rid] - 1))
         for rid in prefilled:
-            if rid in self.diverted:
-                self.diverted.remove(rid)
-                self.diverted_tokens -= reqs.uncached[rid]
             reqs.first_token_s[rid] = now
-            pool.recent_ttft.append(now - self.arrivals[rid])
+            self.router.ttft.observe(now - self.arrivals[rid])
             if self.hashes is not None:
                 machine.remember_prefix(self.hashes[rid])
             decode = self.machines[reqs.decode_machine[rid]]
@@ -206,10 +197,17 @@ class Simulator:
                     self.retire_if_idle(decode, now)
             elif decode is not machine:
                 self._ship_kv(machine, decode, rid, now)
-        if prefilled:
-            pool.prefilled_tokens += sum(reqs.uncached[rid] for rid in prefilled)
         self._start(machine, now)
         self.retire_if_idle(machine, now)
+
+    def _observe_token_gaps(self, machine: Machine, now: float) -> None:
+        # The router's inter-token histogram: every sequence in the batch got a token now, after
+        # this iteration; one whose KV just arrived waited since its first token.
+        itl, joined = self.router.itl, machine.iter_joined
+        itl.observe(now - machine.iter_started_s, machine.iter_batch - len(joined))
+        first_token_s = self.reqs.first_token_s
+        for rid in joined:
+            itl.observe(now - first_token_s[rid])
 
     def _ship_kv(self, source: Machine, decode: Machine, rid: int, now: float) -> None:
         # The link of the prefill machine carries one transfer at a time; the share kv_overlap

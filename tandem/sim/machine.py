@@ -40,7 +40,7 @@ class Machine:
                  "max_batch_size", "max_batch_tokens", "prompt_queue", "queued_prompt_tokens",
                  "joins", "num_expected", "batch", "batch_size", "context_tokens", "kv_reserved",
                  "num_iterations", "is_busy", "iter_prefill", "iter_tokens", "iter_batch",
-                 "iter_batch_before",
+                 "iter_batch_before", "iter_joined", "iter_started_s",
                  "is_accepting", "is_ready", "started_s", "ready_s", "retired_s", "busy_s",
                  "energy_j", "prefilled_tokens", "link_free_s", "prefix_cache", "cache_blocks",
                  "snapshot_cache")
@@ -60,7 +60,9 @@ class Machine:
         self.batch_size = self.context_tokens = self.kv_reserved = self.num_iterations = 0
         self.is_busy = False
         self.iter_prefill: list[int] = []
+        self.iter_joined: list[int] = []   # sequences whose first decode token this iteration makes
         self.iter_tokens = self.iter_batch = self.iter_batch_before = 0
+        self.iter_started_s = 0.0
         self.is_accepting, self.is_ready = True, ready_s <= started_s
         self.started_s, self.ready_s, self.retired_s = started_s, ready_s, None
         self.busy_s = self.energy_j = 0.0
@@ -113,14 +115,17 @@ class Machine:
     def start_iteration(self, now: float, reqs: Requests, idle_fraction: float) -> float | None:
         """Forms the next batch; returns its duration, or None if there is nothing to run."""
         prompt, output = reqs.prompt, reqs.output
-        joins = self.joins
+        joins, joined = self.joins, self.iter_joined
+        joined.clear()
         self.iter_batch_before = self.batch_size
+        self.iter_started_s = now
         while joins and self.batch_size < self.max_batch_size:
             rid = joins[0]
             need = prompt[rid] + output[rid]
             if self.kv_reserved + need > self.kv_capacity and self.batch_size:
                 break
             joins.popleft()
+            joined.append(rid)
             self.kv_reserved += need
             self._add_to_batch(rid, prompt[rid], output[rid] - 1)
         taken, tokens, queue, uncached = self.iter_prefill, 0, self.prompt_queue, reqs.uncached

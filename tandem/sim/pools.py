@@ -42,9 +42,6 @@ class Pool:
         self.routable: list[Machine] = []
         self.by_id: dict[str, Machine] = {}
         self.desired = 0
-        self.prefilled_tokens = 0
-        self.recent_ttft: list[float] = []
-        self.recent_tbt: list[float] = []
         self._num_created = 0
         self.kv_capacity = kv_capacity_tokens(gpu, model, config.tensor_parallel)
 

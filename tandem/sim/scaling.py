@@ -1,23 +1,27 @@
 """Applies `tandem.policy.autoscaling` to the simulated pools, as the operator does to real ones.
 
-Every tick the driver observes each pool (`PoolMetrics`), asks its autoscaler for a decision, and
-applies it: new machines become ready after the provisioning delay (and cost from the moment they
-are requested); removed machines stop taking work and leave once drained.
+Every tick the driver scrapes each autoscaled pool as the operator's scrape source does: the
+samples each ready machine's worker and the router would expose (`tandem.sim.telemetry`), read
+by the operator's own `PoolLoadReader` into gauges, counter rates and a latency P90 over the
+interval since the previous tick. It asks the pool's autoscaler for a decision and applies it:
+new machines become ready after the provisioning delay (and cost from the moment they are
+requested); removed machines stop taking work and leave once drained.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from tandem.policy import autoscaling
+from tandem.policy.pool_load import PoolLoadReader, to_pool_metrics
 from tandem.sim.config import AutoscaleMode, SimConfig
 from tandem.sim.machine import Machine
 from tandem.sim.perf_model import PerfModel
 from tandem.sim.pools import Pool
+from tandem.sim.telemetry import machine_samples
 from tandem.sim.traces import Trace
 
 if TYPE_CHECKING:
@@ -74,15 +78,14 @@ def autoscaling_config(config: SimConfig, pool: Pool,
 
 
 class ScalingDriver:
-    """Observes pools each tick, runs their autoscalers, and records replicas and actions."""
+    """Scrapes autoscaled pools each tick, runs their autoscalers, records replicas and actions."""
 
     def __init__(self, config: SimConfig, sim: Simulator) -> None:
         self.config, self.sim = config, sim
         self.autoscalers: dict[str, object] = {}
+        self.readers: dict[str, PoolLoadReader] = {}
         self.actions: list[dict] = []
         self.timeline: list[dict] = []
-        self._last_tick: float | None = None
-        self._last_prefilled: dict[str, int] = {}
 
     def configure(self, targets: SloTargets) -> None:
         """Creates one autoscaler per pool for the configured mode (none when static)."""
@@ -94,15 +97,16 @@ class ScalingDriver:
             elif mode is AutoscaleMode.UTILIZATION:
                 self.autoscalers[pool.name] = autoscaling.UtilizationAutoscaler(
                     settings, pool.phase, target_utilization=self.config.utilization_target)
+            if pool.name in self.autoscalers:
+                self.readers[pool.name] = PoolLoadReader(pool.phase, self.config.model)
 
     def tick(self, now: float) -> None:
-        """One observation and decision per pool."""
-        elapsed = self.config.autoscale_interval_s if self._last_tick is None else now - self._last_tick
-        self._last_tick = now
+        """One scrape and decision per autoscaled pool."""
+        router = {"router": self.sim.router.samples()} if self.autoscalers else {}
         for pool in self.sim.pools:
-            metrics = self.observe(pool, max(elapsed, 1e-9))
             scaler = self.autoscalers.get(pool.name)
             if scaler is not None:
+                metrics = self.observe(pool, now, router)
                 decision = scaler.on_tick(now, metrics)
                 if decision.is_change:
                     self._apply(pool, decision.desired_replicas, now)
@@ -112,34 +116,13 @@ class ScalingDriver:
             self.timeline.append({"time_s": now, "pool": pool.name, "ready": len(pool.routable),
                                   "desired": pool.desired})
 
-    def observe(self, pool: Pool, elapsed_s: float) -> autoscaling.PoolMetrics:
-        """The pool's metrics since the previous tick, as the operator reads them from Prometheus."""
-        machines = pool.machines
-        ready = pool.routable
-        prefilled = pool.prefilled_tokens - self._last_prefilled.get(pool.name, 0)
-        self._last_prefilled[pool.name] = pool.prefilled_tokens
-        queued = sum(m.queued_prompt_tokens for m in machines)
-        if pool.phase is autoscaling.Phase.PREFILL:
-            waiting = sum(len(m.prompt_queue) for m in machines) + len(self.sim.diverted)
-            queued += self.sim.diverted_tokens
-        else:
-            # Decode load is what decodes here or waits for a batch slot with its KV here;
-            # requests still in prefill elsewhere are the prefill pool's load until they arrive.
-            waiting = sum(len(m.joins) for m in machines) + len(self.sim.backlog)
-            if pool.name == "colocated":
-                waiting += sum(len(m.prompt_queue) for m in machines)
-        kv = sum(m.kv_reserved / m.kv_capacity for m in ready) / len(ready) if ready else 0.0
-        metrics = autoscaling.PoolMetrics(
-            phase=pool.phase, num_ready_replicas=len(ready), num_desired_replicas=pool.desired,
-            num_queued_prompt_tokens=float(queued),
-            prefill_tokens_per_s=prefilled / elapsed_s,
-            num_running_seqs=float(sum(m.batch_size for m in machines)),
-            num_waiting_seqs=float(waiting), kv_usage=min(1.0, kv),
-            ttft_p90_s=_p90(pool.recent_ttft) if pool.phase is autoscaling.Phase.PREFILL else None,
-            itl_p90_s=_p90(pool.recent_tbt) if pool.phase is autoscaling.Phase.DECODE else None)
-        pool.recent_ttft.clear()
-        pool.recent_tbt.clear()
-        return metrics
+    def observe(self, pool: Pool, now: float, router: dict) -> autoscaling.PoolMetrics:
+        """The pool's metrics as the operator's scrape source reads them: its ready machines
+        (draining ones are terminating pods, not scraped) and the router."""
+        model = self.config.model
+        workers = {m.machine_id: machine_samples(m, pool.phase, model) for m in pool.routable}
+        load = self.readers[pool.name].read(now, workers, router)
+        return to_pool_metrics(pool.phase, load, len(pool.routable), pool.desired)
 
     def _apply(self, pool: Pool, target: int, now: float) -> None:
         while pool.desired < target:
@@ -159,9 +142,3 @@ def _least_busy(pool: Pool) -> Machine:
     return min(candidates, key=lambda m: (m.is_ready, m.batch_size + len(m.prompt_queue)
                                           + len(m.joins) + m.num_expected, -m.index))
 
-
-def _p90(values: list[float]) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, math.ceil(0.9 * len(ordered)) - 1)]

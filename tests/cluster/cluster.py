@@ -37,7 +37,8 @@ from tests.cluster.api import (
 from tests.cluster.containers import Image
 from tests.cluster.controllers import DeploymentController, EndpointSliceController, GarbageCollector, Scheduler
 from tests.cluster.events import EventRecorder
-from tests.cluster.kubelet import Kubelet, KubeletConfig, now
+from tests.cluster.kubelet import Kubelet, KubeletConfig
+from tests.cluster.pod_status import now
 from tests.cluster.network import Bridge
 from tests.cluster.tls import make_serving_cert
 from tests.cluster.volumes import ServiceAccountFiles

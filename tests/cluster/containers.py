@@ -163,8 +163,9 @@ class ContainerProcess:
         log = open(log_path, "ab")
         try:
             process = subprocess.Popen(
-                ["ip", "netns", "exec", netns, "unshare", "--mount", "--uts", "--ipc",
-                 "--propagation", "private", sys.executable, "-I", str(POD_INIT), str(spec_path)],
+                ["ip", "netns", "exec", netns, "unshare", "--mount", "--uts", "--ipc", "--pid",
+                 "--fork", "--kill-child=SIGKILL", "--mount-proc", "--propagation", "private",
+                 sys.executable, "-I", str(POD_INIT), str(spec_path)],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True)
         finally:
@@ -179,15 +180,28 @@ class ContainerProcess:
             return None
         return 128 - code if code < 0 else code
 
+    @property
+    def pid(self) -> int:
+        """The container's main process (PID 1 of the pod's PID namespace), seen from the host;
+        the `unshare` that started it until it has forked."""
+        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+        try:
+            first = children.read_text().split()
+        except OSError:
+            return self.process.pid
+        return int(first[0]) if first else self.process.pid
+
     def signal(self, number: int) -> None:
-        """Sends a signal to the container's process."""
+        """Sends a signal to the container's main process."""
         if self.process.poll() is None:
             try:
-                os.kill(self.process.pid, number)
+                os.kill(self.pid, number)
             except ProcessLookupError:
                 pass
 
     def kill(self) -> None:
-        """SIGKILL, then reap."""
+        """SIGKILL (the namespace's PID 1 takes every process of the pod with it), then reap."""
         self.signal(signal.SIGKILL)
+        if self.process.poll() is None:
+            self.process.kill()  # not forked yet: --kill-child does the rest
         self.process.wait(timeout=30)

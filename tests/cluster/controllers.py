@@ -22,7 +22,8 @@ from typing import Any
 
 from tests.cluster.api import DEPLOYMENTS, ENDPOINTSLICES, EVENTS, NODES, PODS, SERVICES, Api, ApiError
 from tests.cluster.events import EventRecorder
-from tests.cluster.kubelet import FINALIZER, now
+from tests.cluster.kubelet import FINALIZER
+from tests.cluster.pod_status import now
 
 SLICE_MANAGER = "endpointslice-controller.k8s.io"
 
@@ -135,8 +136,8 @@ class DeploymentController:
         num_new = min(want - len(current), want + surge - len(alive))
         for _ in range(max(0, num_new)):
             await self._create_pod(deployment, current_hash)
-        extra = sorted(current, key=lambda p: (is_ready(p), p["metadata"].get("creationTimestamp", "")),
-                       reverse=False)[:max(0, len(current) - want)]
+        # Scale-down removes pods that are not ready first.
+        extra = sorted(current, key=is_ready)[:max(0, len(current) - want)]
         num_ready = sum(is_ready(p) for p in alive)
         budget = num_ready - (want - max_unavailable)
         for pod in old + extra:

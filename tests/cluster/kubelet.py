@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
 import logging
 import signal
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from tests.cluster.api import PODS, Api, ApiError
 from tests.cluster.containers import ContainerProcess, EnvError, Image, container_env
 from tests.cluster.events import EventRecorder
 from tests.cluster.network import Bridge, PodNetwork
+from tests.cluster.pod_status import ContainerState, now, pod_status
 from tests.cluster.probes import Prober
 from tests.cluster.volumes import Mount, ServiceAccountFiles, VolumeError, VolumeManager
 
@@ -30,11 +30,6 @@ log = logging.getLogger(__name__)
 FINALIZER = "tests.tandem.dev/kubelet"
 MAX_BACKOFF_S = 300.0
 SYNC_PERIOD_S = 0.25
-
-
-def now() -> str:
-    """An RFC 3339 timestamp, as the API writes them."""
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass(slots=True)
@@ -48,23 +43,6 @@ class KubeletConfig:
     cluster_env: dict[str, str]
     pods_dir: Path
     time_scale: float = 1.0
-
-
-@dataclass(slots=True)
-class ContainerState:
-    """One container of a running pod."""
-
-    spec: dict[str, Any]
-    run: ContainerProcess | None = None
-    num_restarts: int = 0
-    is_started: bool = False
-    is_ready: bool = False
-    waiting_reason: str | None = "ContainerCreating"
-    waiting_message: str = ""
-    last_exit: dict[str, Any] | None = None
-    restart_at: float = 0.0
-    started_at: str = ""
-    probes: dict[str, Prober] = field(default_factory=dict)
 
 
 class PodWorker:
@@ -150,8 +128,7 @@ class PodWorker:
                                      config.time_scale)
                         for kind in ("startupProbe", "readinessProbe", "livenessProbe")
                         if kind in state.spec}
-        log.info("pod %s: started container %s (pid %d)", self.name, state.spec["name"],
-                 state.run.process.pid)
+        log.info("pod %s: started container %s", self.name, state.spec["name"])
 
     def _record_exit(self, state: ContainerState, at: float) -> None:
         assert state.run is not None
@@ -197,40 +174,10 @@ class PodWorker:
 
     def status(self) -> dict[str, Any]:
         """The pod's status as the kubelet reports it."""
-        statuses = []
-        for state in self.containers:
-            entry: dict[str, Any] = {"name": state.spec["name"], "image": state.spec.get("image", ""),
-                                     "ready": state.is_ready, "started": state.is_started,
-                                     "restartCount": state.num_restarts}
-            if state.run is not None:
-                entry["state"] = {"running": {"startedAt": state.started_at}}
-            else:
-                entry["state"] = {"waiting": {"reason": state.waiting_reason or "ContainerCreating",
-                                              **({"message": state.waiting_message}
-                                                 if state.waiting_message else {})}}
-            if state.last_exit:
-                entry["lastState"] = state.last_exit
-            statuses.append(entry)
-        is_ready = all(state.is_ready for state in self.containers) and not self.is_stopping
-        ever_ran = all(state.run is not None or state.last_exit for state in self.containers)
-        status = self.pod.get("status") or {}
-        conditions = [c for c in status.get("conditions") or [] if c["type"] == "PodScheduled"]
-        conditions += [self._condition("Initialized", self._mounts is not None),
-                       self._condition("ContainersReady", is_ready),
-                       self._condition("Ready", is_ready)]
         assert self.network is not None
-        return {"phase": "Running" if ever_ran else "Pending", "podIP": self.network.address,
-                "podIPs": [{"ip": self.network.address}], "hostIP": self.kubelet.bridge.host_address,
-                "startTime": status.get("startTime") or now(), "conditions": conditions,
-                "containerStatuses": statuses}
-
-    def _condition(self, kind: str, is_true: bool) -> dict[str, Any]:
-        before = next((c for c in (self.pod.get("status") or {}).get("conditions") or []
-                       if c["type"] == kind), {})
-        text = "True" if is_true else "False"
-        changed = before.get("status") != text
-        return {"type": kind, "status": text,
-                "lastTransitionTime": now() if changed else before.get("lastTransitionTime", now())}
+        return pod_status(self.pod, self.containers, self.network.address,
+                          self.kubelet.bridge.host_address, is_initialized=self._mounts is not None,
+                          is_stopping=self.is_stopping)
 
     async def _report(self) -> None:
         status = self.status()

@@ -11,10 +11,10 @@ import sys
 import numpy as np
 import pytest
 
-from router.difficulty.base import load_estimator
-from router.difficulty.data import shared_data_dir
-from router.difficulty.probe import ProbeHead
 from tandem.cli import main
+from tandem.difficulty.base import load_estimator
+from tandem.difficulty.probe import ProbeHead
+from tandem.difficulty.training.data import shared_data_dir
 
 MMLU = shared_data_dir() / "routing" / "mmlu"
 WEAK = "mistralai/Mixtral-8x7B-Instruct-v0.1"

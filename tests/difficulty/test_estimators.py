@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from router.difficulty.base import DifficultyEstimator, load_estimator
-from router.difficulty.data import RoutingDataset
-from router.difficulty.embedding_estimator import EmbeddingEstimator
-from router.difficulty.feature_estimator import FeatureEstimator
-from router.difficulty.metrics import routing_metrics
+from tandem.difficulty.base import DifficultyEstimator, load_estimator
+from tandem.difficulty.embedding_estimator import EmbeddingEstimator
+from tandem.difficulty.feature_estimator import FeatureEstimator
+from tandem.difficulty.training.data import RoutingDataset
+from tandem.difficulty.training.metrics import routing_metrics
 
 SUBJECTS = ["Lisbon", "Kyoto", "Cairo", "Lima", "Oslo", "Quito", "Accra", "Hanoi"]
 
@@ -69,7 +69,7 @@ def test_with_one_domain_the_features_estimator_reads_the_words_directly(tmp_pat
 def test_the_embedding_estimator_learns_and_round_trips_with_minilm(tmp_path):
     import torch
 
-    from router.difficulty.minilm import MiniLMEncoder
+    from tandem.difficulty.minilm import MiniLMEncoder
 
     torch.set_num_threads(2)
     encoder = MiniLMEncoder()
@@ -83,7 +83,7 @@ def test_the_embedding_estimator_learns_and_round_trips_with_minilm(tmp_path):
 def test_minilm_embeddings_are_sentence_transformers_vectors():
     import torch
 
-    from router.difficulty.minilm import EMBEDDING_DIM, MiniLMEncoder
+    from tandem.difficulty.minilm import EMBEDDING_DIM, MiniLMEncoder
 
     torch.set_num_threads(2)
     vectors = MiniLMEncoder().encode(["A cat sits on the mat.", "A kitten rests on a rug.",

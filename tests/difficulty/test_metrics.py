@@ -8,11 +8,11 @@ import warnings
 import numpy as np
 import pytest
 
-from router.difficulty.crossval import assign_folds
-from router.difficulty.data import RoutingDataset
-from router.difficulty.heads import calibrate, percentile_table
-from router.difficulty.metrics import (apgr, cpt, oracle_scores, quality_curve,
-                                       random_routing_metrics, routing_metrics)
+from tandem.difficulty.heads import calibrate, percentile_table
+from tandem.difficulty.training.crossval import assign_folds
+from tandem.difficulty.training.data import RoutingDataset
+from tandem.difficulty.training.metrics import (apgr, cpt, oracle_scores, quality_curve,
+                                                random_routing_metrics, routing_metrics)
 
 # Four prompts: the weak model gets 0 and 3 right, the strong one 0, 1 and 3.
 WEAK = np.array([True, False, False, True])

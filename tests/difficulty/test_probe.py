@@ -9,12 +9,12 @@ import sys
 import numpy as np
 import pytest
 
-from router.difficulty.base import load_estimator
-from router.difficulty.data import RoutingDataset
-from router.difficulty.hidden_states import EngineHiddenStates
-from router.difficulty.metrics import routing_metrics
-from router.difficulty.probe import ProbeHead
-from router.difficulty.probe_estimator import ProbeEstimator
+from tandem.difficulty.base import load_estimator
+from tandem.difficulty.probe import ProbeHead
+from tandem.difficulty.training.data import RoutingDataset
+from tandem.difficulty.training.hidden_states import EngineHiddenStates
+from tandem.difficulty.training.metrics import routing_metrics
+from tandem.difficulty.training.probe_estimator import ProbeEstimator
 
 HIDDEN_SIZE = 48
 
@@ -63,7 +63,7 @@ def test_loading_a_probe_imports_neither_torch_nor_sklearn(tmp_path):
     states, gain, _ = synthetic_states(200, seed=2)
     ProbeHead.fit(states, gain).save(tmp_path)
     code = ("import sys, numpy as np\n"
-            "from router.difficulty.probe import ProbeHead\n"
+            "from tandem.difficulty.probe import ProbeHead\n"
             f"head = ProbeHead.load({str(tmp_path)!r})\n"
             f"head.score_hidden(np.zeros({HIDDEN_SIZE}, dtype=np.float32)[None])\n"
             "print(sorted(m for m in ('torch', 'sklearn', 'transformers') if m in sys.modules))\n")

@@ -23,15 +23,16 @@ REPO = Path(__file__).resolve().parents[2]
 CRD = REPO / "helm" / "tandem" / "crds" / "tandemdeployments.tandem.dev.yaml"
 
 
+FAILED = pytest.StashKey[bool]()
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item, call):
+    """Remembers whether the test body failed, for the log dump at teardown."""
     report = yield
     if report.when == "call":
         item.stash[FAILED] = report.failed
     return report
-
-
-FAILED = pytest.StashKey[bool]()
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import json
 
 import grpc
 import openai
@@ -106,14 +107,55 @@ async def test_minimal_example_serves_through_the_router_pod(cluster: Cluster, o
         await openai.AsyncOpenAI(base_url=f"http://{http[0]}/v1", api_key="sk-wrong").completions.create(
             model=served, prompt="hi", max_tokens=2)
 
+    # gRPC: a short prompt (prefilled on the decode worker) and a long one, whose KV the prefill
+    # pod ships to the decode pod over UCX, between the two pods' network namespaces.
+    vocab_size = json.loads((tmp_path / "models-volume" / example["spec"]["model"]["pvc"]["path"]
+                             / "config.json").read_text())["vocab_size"]
+    long_prompt = inference_pb2.TokenInput(token_ids=[(7 * i) % (vocab_size - 10) + 5 for i in range(600)])
     grpc_address = cluster.ready_addresses(NAMESPACE, f"{name}-router", "grpc")[0]
     async with grpc.aio.insecure_channel(grpc_address) as channel:
-        request = inference_pb2.GenerateRequest(
-            model=served, prompt="Once upon a time",
-            sampling=inference_pb2.SamplingParams(temperature=0.0),
-            budget=inference_pb2.Budget(max_tokens=6))
-        responses = [r async for r in inference_pb2_grpc.InferenceStub(channel).Generate(
-            request, metadata=[("authorization", f"Bearer {API_KEY}")], timeout=120)]
-    token_ids = [t for r in responses for t in r.token_ids]
-    assert 1 <= len(token_ids) <= 6
-    assert any(r.HasField("usage") for r in responses)
+        stub = inference_pb2_grpc.InferenceStub(channel)
+        for prompt, is_disaggregated in (({"prompt": "Once upon a time"}, False),
+                                         ({"tokens": long_prompt}, True)):
+            request = inference_pb2.GenerateRequest(
+                model=served, sampling=inference_pb2.SamplingParams(temperature=0.0),
+                budget=inference_pb2.Budget(max_tokens=6), **prompt)
+            responses = [r async for r in stub.Generate(
+                request, metadata=[("authorization", f"Bearer {API_KEY}")], timeout=120)]
+            assert 1 <= len([t for r in responses for t in r.token_ids]) <= 6
+            assert any(r.HasField("usage") for r in responses)
+            (routing,) = [r.routing for r in responses if r.HasField("routing")]
+            assert routing.disaggregated is is_disaggregated
+
+
+async def test_as_written_on_a_node_without_gpus_nothing_fits_and_status_says_so(cluster: Cluster,
+                                                                                  operator):
+    # The example as written asks for one GPU per worker; this node has none. Its API-key
+    # Secret is not created either: the router pod cannot mount it.
+    example = yaml.safe_load(EXAMPLE.read_text())
+    name = example["metadata"]["name"]
+    await cluster.add_claim(NAMESPACE, example["spec"]["model"]["pvc"]["claimName"], REPO / "examples")
+    await cluster.apply(example, NAMESPACE)
+
+    def reasons() -> dict[str, str]:
+        found = {}
+        for pod in cluster.api.items(PODS, NAMESPACE):
+            role = pod["metadata"]["labels"]["tandem.dev/role"]
+            status = pod.get("status") or {}
+            scheduled = next((c for c in status.get("conditions") or [] if c["type"] == "PodScheduled"), {})
+            waiting = [s["state"].get("waiting", {}).get("reason") for s in status.get("containerStatuses") or []]
+            found[role] = scheduled.get("reason") or (waiting[0] if waiting else None)
+        return found
+
+    await cluster.wait_for(lambda: reasons() == {"router": "ContainerCreating", "prefill": "Unschedulable",
+                                                 "decode": "Unschedulable"},
+                           "worker pods unschedulable and the router waiting for its Secret")
+    events = {(e["reason"], e["involvedObject"]["name"].split("-")[1]) for e in cluster.kubelet.events.posted}
+    assert {("FailedScheduling", "default"), ("FailedMount", "router")} <= events
+    assert any("Insufficient nvidia.com/gpu" in e["message"] for e in cluster.kubelet.events.posted)
+    await cluster.wait_for(lambda: td_status(cluster, name).get("decodeReplicas") == "0/1",
+                           "the status's replica counts")
+    status = td_status(cluster, name)
+    assert (status["routerReplicas"], status["prefillReplicas"]) == ("0/1", "0/1")
+    assert condition(status, "Ready")["status"] == "False"
+    assert condition(status, "Progressing")["status"] == "True"

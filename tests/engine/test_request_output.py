@@ -6,7 +6,7 @@ import pytest
 
 from tandem.engine import engine_config
 from tandem.engine.engine_config import EngineConfig, resolve_num_blocks
-from tandem.engine.request_output import TextStream
+from tandem.engine.text_stream import TextStream
 
 
 class ScriptedDetokenizer:

@@ -8,8 +8,8 @@ import torch
 
 from tandem.engine.engine_config import EngineConfig
 from tandem.engine.llm_engine import LLMEngine
-from tandem.engine.request_output import TextStream
 from tandem.engine.sampling_params import SamplingParams
+from tandem.engine.text_stream import TextStream
 from tests.engine.test_request_output import ScriptedDetokenizer
 
 torch.set_num_threads(1)

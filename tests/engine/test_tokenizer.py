@@ -11,7 +11,7 @@ import transformers
 from tokenizers import Tokenizer as RustTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
-from tandem.engine.request_output import TextStream
+from tandem.engine.text_stream import TextStream
 from tandem.engine.tiny_tokenizer import CORPUS
 from tandem.engine.tokenizer import IncrementalDetokenizer, Tokenizer
 

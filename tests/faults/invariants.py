@@ -21,10 +21,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from tests.faults.clients import Outcome
+from tests.faults.fault_plan import KILL
 from tests.faults.hostile import KINDS_BY_NAME
 from tests.faults.injector import FaultWindow
 from tests.faults.reference import Expected
-from tests.faults.fault_plan import KILL
 from tests.faults.schedule import RequestSpec, Schedule
 
 COMPLETE_REASONS = {"STOP", "LENGTH"}
@@ -127,7 +127,7 @@ def acceptable_classes(record: RunRecord, spec: RequestSpec, outcome: Outcome) -
     exhausted = _exhausted_roles(overlapping, record.workers_per_role, outcome.started_at)
     # Without a prefill worker the router prefills on the decode worker: only an empty decode
     # pool, or more lost workers than retries and migrations cover, excuses UNAVAILABLE.
-    if kills and ("decode" in exhausted or len(kills) > record.max_worker_losses):
+    if "decode" in exhausted or len(kills) > record.max_worker_losses:
         allowed.add("unavailable")
     why = ", ".join(f"{w.kind} {w.target}" for w in overlapping) or "no fault"
     if exhausted:

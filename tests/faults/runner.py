@@ -28,6 +28,8 @@ from tests.faults.schedule import (GOOD_TENANTS, HOSTILE_TENANT, RequestSpec, Sc
 log = logging.getLogger(__name__)
 TENANT_KEYS = {tenant: f"sk-fault-{tenant}" for tenant in (*GOOD_TENANTS, HOSTILE_TENANT)}
 GRPC_OPTIONS = [("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20)]
+# The router's default --max-attempts 3 (and --migration-limit 3) survive two lost workers.
+MAX_WORKER_LOSSES = 2
 
 
 @dataclass(slots=True)
@@ -151,16 +153,13 @@ async def _play(cluster: FaultCluster, schedule: Schedule, bodies: dict, expecte
     outcomes: dict[int, Outcome] = {}
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session, \
             grpc.aio.insecure_channel(cluster.grpc_address, options=GRPC_OPTIONS) as channel:
-        worker_channels = {n: grpc.aio.insecure_channel(cluster.address(n)) for n in names}
         t0 = now()
         started = time.monotonic()
         sends = [_send(spec, bodies[spec.index], t0, settings.margin_s, channel, session, cluster,
-                       worker_channels, outcomes) for spec in schedule.requests]
+                       outcomes) for spec in schedule.requests]
         faults = [play_fault(cluster, fault, t0, windows, canary, session) for fault in schedule.faults]
         await asyncio.gather(*sends, *faults)
         seconds["requests_and_faults"] = time.monotonic() - started
-        for worker_channel in worker_channels.values():
-            await worker_channel.close()
         started = time.monotonic()
         restarted = sorted({f.target for f in schedule.faults if f.kind == KILL})
         rejoin_problems = await check_rejoin(cluster, restarted, channel, session,
@@ -184,13 +183,13 @@ async def _play(cluster: FaultCluster, schedule: Schedule, bodies: dict, expecte
                        served_model=cluster.config.model_dir.name, margin_s=settings.margin_s,
                        workers_per_role={"prefill": settings.schedule.num_prefill,
                                          "decode": settings.schedule.num_decode},
-                       max_worker_losses=2, canary_lost=canary.is_lost,
+                       max_worker_losses=MAX_WORKER_LOSSES, canary_lost=canary.is_lost,
                        rejoin_problems=rejoin_problems)
     return record, t0, dropped
 
 
 async def _send(spec: RequestSpec, body, t0: float, margin_s: float, channel, session, cluster,
-                worker_channels, outcomes: dict[int, Outcome]) -> None:
+                outcomes: dict[int, Outcome]) -> None:
     await asyncio.sleep(max(0.0, t0 + spec.start_s - now()))
     outcome = outcomes[spec.index] = Outcome(spec.index, started_at=now())
     limit_s = spec.deadline_s + margin_s
@@ -201,7 +200,9 @@ async def _send(spec: RequestSpec, body, t0: float, margin_s: float, channel, se
             await send_http(session, cluster.http_url, body, outcome, limit_s, spec.cancel_after_tokens,
                             spec.cancel_after_s)
         else:
-            await send_worker(worker_channels[body.target], body, outcome)
+            # A fresh channel: one kept from before a restart may still be backing off.
+            async with grpc.aio.insecure_channel(cluster.address(body.target)) as worker_channel:
+                await send_worker(worker_channel, body, outcome)
     except Exception as exc:  # the harness must record every request, whatever broke
         log.exception("request %d failed in the client", spec.index)
         outcome.status, outcome.message = "HARNESS_ERROR", repr(exc)

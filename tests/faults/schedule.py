@@ -125,7 +125,8 @@ def make_schedule(seed: int, config: ScheduleConfig | None = None, vocab_size: i
 def _prompts(rng: random.Random, vocab_size: int) -> list[PromptSpec]:
     prompts: list[PromptSpec] = []
     shared_prefix = [rng.randrange(3, vocab_size) for _ in range(64)]
-    for length in (3, 9, 17, 40, 95, 160, 300):
+    # Lengths from one block to many: long prompts keep KV transfers in flight when faults strike.
+    for length in (3, 9, 17, 40, 95, 160, 300, 1200):
         prompts.append(PromptSpec(len(prompts), "tokens",
                                   tuple(rng.randrange(3, vocab_size) for _ in range(length))))
     for length in (20, 90):  # two prompts share four blocks of prefix: prefix reuse under faults

@@ -36,7 +36,7 @@ def _train_estimator(tmp_path) -> str:
 
 
 def _train_probe(tmp_path, hidden_size: int) -> str:
-    from router.difficulty.probe import ProbeHead
+    from tandem.difficulty.probe import ProbeHead
 
     rng = np.random.default_rng(0)
     hidden = rng.normal(size=(200, hidden_size)).astype(np.float32)

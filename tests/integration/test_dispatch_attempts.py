@@ -8,6 +8,8 @@ worker (colocated); longer ones go through the prefill worker (disaggregated).
 
 from __future__ import annotations
 
+import concurrent.futures
+
 import grpc
 import pytest
 
@@ -46,13 +48,17 @@ def _finish_reasons(responses) -> dict[int, int]:
     return {r.sample_index: r.finish_reason for r in responses if r.finish_reason}
 
 
-def test_two_requests_with_the_same_client_id_run_apart(cluster, decoders, reference_engine):
+def test_requests_with_the_same_client_id_run_apart_and_cancel_apart(cluster, decoders, reference_engine):
     # The same prompt twice: prefix locality sends both to the same decode worker.
     prompt = list(range(100, 180))
     request = greedy_request(prompt, 300)
     request.request_id = "shared-client-id"
     expected = reference_engine.generate([prompt], SamplingParams(temperature=0.0, max_tokens=300))[0]
     stub = router_stub(cluster.grpc_address)
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        both = list(pool.map(lambda _: collect(stub.Generate(request, timeout=120)), range(2)))
+    assert [token_ids for token_ids, *_ in both] == [expected.token_ids] * 2
+
     doomed = stub.Generate(request, timeout=120)
     survivor = stub.Generate(request, timeout=120)
     started = [next(doomed), next(survivor)]
@@ -65,6 +71,16 @@ def test_two_requests_with_the_same_client_id_run_apart(cluster, decoders, refer
     assert token_ids == expected.token_ids
     assert usage.request_id == "shared-client-id"
     assert usage.usage.completion_tokens == len(expected.token_ids)
+
+
+def test_the_client_request_id_is_echoed_as_the_openai_id(cluster, decoders):
+    from openai import OpenAI
+
+    client = OpenAI(base_url=cluster.http_url, api_key="anonymous", max_retries=0)
+    reply = client.completions.create(model=client.models.list().data[0].id, prompt="Hello there",
+                                      max_tokens=3, temperature=0,
+                                      extra_body={"request_id": "shared-client-id"})
+    assert reply.id == "cmpl-shared-client-id"
 
 
 def test_a_retry_avoids_the_decode_worker_that_refused_for_lack_of_blocks(cluster, decoders):

@@ -1,7 +1,8 @@
 """Mid-stream migration: a decode worker killed with SIGKILL while it streams, the request goes on.
 
-Every test streams a request through the router, waits until the client has received some tokens,
-kills the decode worker that runs the request (kill -9), and compares the joined output with an
+The first test checks the decode worker's side of a resume (output_token_ids) directly. Every other
+test streams a request through the router, waits until the client has received some tokens, kills
+the decode worker that runs the request (kill -9), and compares the joined output with an
 uninterrupted run of the same request on the same cluster. The cluster has enough decode workers
 for every kill of the module and a survivor; the last test starts a second router with
 `--migration-limit 0` over the surviving workers.
@@ -16,14 +17,14 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tandem.api.v1 import inference_pb2, worker_pb2
+from tandem.engine.sampling_params import SamplingParams
 from tandem.local_cluster import LocalCluster, LocalClusterConfig
 from tandem.serving.process_group import start_child, stop_children, wait_ready
 from tests.integration.helpers import decode_stub, greedy_request, router_stub
 
 pytestmark = pytest.mark.slow
 THINKING = inference_pb2.TOKEN_SECTION_THINKING
-ANSWER = inference_pb2.TOKEN_SECTION_ANSWER
-# Kills in this module: greedy 1, seeded 1, thinking 2, n>1 1, migration limit 0 1; plus survivors.
+# Kills in this module: greedy 1, seeded 1, thinking 2, n>1 1, migration limit 0 1; one survives.
 NUM_DECODE = 7
 PROMPT = list(range(40, 90))
 
@@ -99,6 +100,30 @@ def _chat(content: str, **budget) -> inference_pb2.GenerateRequest:
     return inference_pb2.GenerateRequest(
         chat=inference_pb2.ChatInput(messages=[inference_pb2.ChatMessage(role="user", content=content)]),
         sampling=inference_pb2.SamplingParams(temperature=0.0), budget=inference_pb2.Budget(**budget))
+
+
+def test_a_decode_worker_continues_after_given_output_tokens_and_refuses_bad_ones(cluster,
+                                                                                reference_engine):
+    expected = reference_engine.generate([PROMPT], SamplingParams(temperature=0.0, max_tokens=30))[0]
+    decode = decode_stub(cluster.worker_address(next(c for c in cluster.decode if c.is_alive)))
+
+    def resumed(request_id: str, output_token_ids, n: int = 1, colocated: bool = True):
+        return worker_pb2.DecodeRequest(
+            request_id=request_id, prompt_token_ids=PROMPT, colocated=colocated,
+            output_token_ids=output_token_ids,
+            sampling=inference_pb2.SamplingParams(temperature=0.0, n=n),
+            budget=worker_pb2.DecodeBudget(max_tokens=30))
+
+    chunks = list(decode.Decode(resumed("resumed", expected.token_ids[:12]), timeout=60))
+    assert [t for c in chunks for t in c.token_ids] == expected.token_ids[12:]
+    for bad in (resumed("two-samples", expected.token_ids[:3], n=2),
+                resumed("not-colocated", expected.token_ids[:3], colocated=False),
+                resumed("nothing-left", expected.token_ids[:30]),
+                resumed("unknown-token", [10**6])):
+        with pytest.raises(grpc.RpcError) as refused:
+            list(decode.Decode(bad, timeout=60))
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, bad.request_id
+        assert "output_token_ids" in refused.value.details() or "max_tokens" in refused.value.details()
 
 
 def test_greedy_stream_resumes_on_another_worker_as_if_nothing_happened(cluster):

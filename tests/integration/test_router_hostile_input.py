@@ -17,6 +17,7 @@ import urllib.request
 import grpc
 import pytest
 
+from router.request_plan import MAX_CHARS_PER_TOKEN
 from tandem.api.v1 import inference_pb2
 from tandem.local_cluster import LocalCluster, LocalClusterConfig
 from tests.integration.helpers import collect, greedy_request, router_stub
@@ -80,9 +81,10 @@ def _readiness_watch(cluster, stop: threading.Event) -> list[int]:
 
 
 def test_huge_prompts_do_not_stall_small_requests_or_worker_health(cluster, max_context):
-    # Each fits the size check but not the context: the router tokenizes it, then refuses it.
+    # Each passes the size check but not the context: the router tokenizes it, then refuses it.
+    content = "x y " * (max_context * (MAX_CHARS_PER_TOKEN - 1) // 4)
     huge = inference_pb2.GenerateRequest(chat=inference_pb2.ChatInput(messages=[
-        inference_pb2.ChatMessage(role="user", content="x y " * (max_context * 15))]))
+        inference_pb2.ChatMessage(role="user", content=content)]))
     stub = router_stub(cluster.grpc_address)
     collect(stub.Generate(greedy_request([5, 6, 7], 2), timeout=60))  # warm: connections, caches
     stop = threading.Event()

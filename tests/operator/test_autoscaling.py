@@ -1,7 +1,8 @@
 """Metric series -> PrometheusSource -> shared policy -> DeploymentScaler -> Deployments and status.
 
-Prometheus is a kmock HTTP mock answering instant queries from per-pool series the test sets;
-the Kubernetes side is the emulator. Time is simulated: each tick passes `now` explicitly.
+Prometheus is a kmock HTTP mock answering instant queries from per-pool series the test sets
+(and the router's latency series, role "router"); the Kubernetes side is the emulator. Time is
+simulated: each tick passes `now` explicitly.
 """
 
 from __future__ import annotations
@@ -14,14 +15,17 @@ import aiohttp
 import kmock
 import pytest
 
+from tandem.policy.autoscaling import Phase
 from tandem_operator.autoscale.connector import DeploymentScaler
 from tandem_operator.autoscale.controller import DeploymentAutoscaler
+from tandem_operator.autoscale.mode import ScalingMode, pool_scaling_mode
 from tandem_operator.autoscale.prometheus import PrometheusSource
 from tandem_operator.manifests.objects import Owner
 from tandem_operator.observe import observe_and_scale
 from tandem_operator.parsing import parse_spec
 from tandem_operator.reconcile import reconcile
-from tests.operator.cluster import DEPLOYMENTS, IMAGE, NAMESPACE, TD, create_td, live, mark_ready
+from tests.operator.cluster import (DEPLOYMENTS, IMAGE, NAMESPACE, TD, create_td, live, mark_ready,
+                                    writes)
 
 TICK_S = 15.0
 
@@ -31,6 +35,7 @@ class Series:
 
     def __init__(self) -> None:
         self.values: dict[tuple[str, str], float] = {}
+        self.queries: list[str] = []
         self.is_down = False
 
     def set(self, role: str, **metrics: float) -> None:
@@ -42,6 +47,7 @@ class Series:
             return kmock.Response(status=503, payload={
                 "status": "error", "errorType": "unavailable", "error": "prometheus is restarting"})
         query = request.params["query"]
+        self.queries.append(query)
         role = re.search(r'tandem_role="(\w+)"', query).group(1)
         name = re.search(r"(tandem_\w+?)(_bucket|_total)?\{", query).group(1)
         value = self.values.get((role, name))
@@ -77,12 +83,12 @@ class Loop:
     """The operator's background loop for one TandemDeployment, ticked by hand."""
 
     def __init__(self, k8s, kube, http: aiohttp.ClientSession, owner: Owner,
-                 raw_spec: dict[str, Any]) -> None:
+                 raw_spec: dict[str, Any], scaling_mode=pool_scaling_mode) -> None:
         self.k8s, self.kube, self.owner = k8s, kube, owner
         self.spec = parse_spec(raw_spec, owner.name, IMAGE)
         self.autoscaler = DeploymentAutoscaler(
             lambda autoscaling: PrometheusSource(http, autoscaling.prometheus_url),
-            DeploymentScaler(kube))
+            DeploymentScaler(kube), scaling_mode=scaling_mode)
         self.now = 0.0
 
     async def tick(self, is_ready: bool = True):
@@ -103,6 +109,10 @@ class Loop:
     def status(self) -> dict[str, Any]:
         return dict(self.k8s.objects[TD, NAMESPACE, self.owner.name].raw["status"])
 
+    def condition(self, kind: str) -> dict[str, Any]:
+        (condition,) = [c for c in self.status()["conditions"] if c["type"] == kind]
+        return condition
+
 
 @pytest.fixture
 async def start(k8s, kube, prometheus):
@@ -110,12 +120,12 @@ async def start(k8s, kube, prometheus):
     url, _ = prometheus
     async with aiohttp.ClientSession() as http:
 
-        async def start(**overrides: Any) -> Loop:
+        async def start(scaling_mode=pool_scaling_mode, **overrides: Any) -> Loop:
             raw = _spec(url, **overrides)
             body = await create_td(k8s, "llama", raw)
             owner = Owner("llama", NAMESPACE, body["metadata"]["uid"])
             await reconcile(kube, owner, parse_spec(raw, "llama", IMAGE))
-            return Loop(k8s, kube, http, owner, raw)
+            return Loop(k8s, kube, http, owner, raw, scaling_mode)
 
         yield start
 
@@ -238,3 +248,70 @@ async def test_a_concurrent_change_to_the_deployment_is_retried(k8s, start, prom
     prefill = live(k8s, DEPLOYMENTS)["llama-default-prefill"]
     assert prefill["spec"]["replicas"] == 5
     assert prefill["metadata"]["labels"]["example.com/touched"] == "yes"
+
+
+async def test_first_tokens_slower_than_the_slo_at_the_router_scale_prefill(start, prometheus):
+    _, series = prometheus
+    loop = await start()
+    # Demand fits one replica, but the router sees first tokens slower than the 1 s TTFT SLO.
+    series.set("prefill", tandem_queue_prompt_tokens=0, tandem_prefill_tokens=300)
+    series.set("decode", tandem_running_requests=2, tandem_kv_blocks_used=100,
+               tandem_kv_blocks_total=1000)
+    series.set("router", tandem_ttft_seconds=3.0, tandem_itl_seconds=0.01)
+    observation = await loop.tick()
+    assert loop.replicas() == {"prefill": 2, "decode": 1}
+    assert [d.pool.phase.value for d in observation.changes] == ["prefill"]
+    assert "observed TTFT P90 3.000s" in observation.changes[0].reason
+    latency = [q for q in series.queries if "tandem_role=\"router\"" in q]
+    assert latency and all('model="llama"' in q for q in latency)  # the tier's served name
+    assert {"ttft" in q for q in latency} == {True, False}  # prefill asks TTFT, decode ITL
+
+
+async def test_a_replica_that_never_becomes_ready_stops_blocking_after_the_timeout(start, prometheus):
+    _, series = prometheus
+    loop = await start()
+    series.set("prefill", tandem_queue_prompt_tokens=40_000, tandem_prefill_tokens=1000)
+    await loop.tick()
+    assert loop.replicas()["prefill"] == 5
+    series.set("prefill", tandem_queue_prompt_tokens=0, tandem_prefill_tokens=100)  # load gone
+    timeout_s = 600.0  # the policy's default pending timeout
+    for _ in range(int(timeout_s // TICK_S)):  # 4 of the 5 pods never schedule
+        observation = await loop.tick(is_ready=False)
+        assert "waiting for the previous action" in observation.decisions[0].reason
+        assert loop.condition("ReplicasStalled")["status"] == "False"
+    assert loop.replicas()["prefill"] == 5
+    observation = await loop.tick(is_ready=False)
+    assert loop.replicas()["prefill"] == 4  # scale-down goes on: the pool is no longer frozen
+    assert "not ready for 600s" in observation.changes[0].reason
+    stalled = loop.condition("ReplicasStalled")
+    assert stalled["status"] == "True" and stalled["reason"] == "ReplicasNotReady"
+    assert "llama-default-prefill: 4 of 5 replicas not ready" in stalled["message"]
+    await loop.tick()  # the pods become ready
+    assert loop.condition("ReplicasStalled")["status"] == "False"
+
+
+async def test_a_pool_driven_by_an_external_scaler_is_never_written(k8s, kube, start, prometheus):
+    _, series = prometheus
+
+    external = []  # the decode pool's spec: an HPA or KEDA owns its replicas
+
+    def scaling_mode(autoscaling, pool):
+        if any(pool is spec for spec in external):
+            return ScalingMode.EXTERNAL
+        return pool_scaling_mode(autoscaling, pool)
+
+    loop = await start(scaling_mode=scaling_mode)
+    external.append(loop.spec.tiers[0].decode)
+    series.set("prefill", tandem_queue_prompt_tokens=40_000, tandem_prefill_tokens=1000)
+    series.set("decode", tandem_running_requests=64, tandem_kv_blocks_used=990,
+               tandem_kv_blocks_total=1000)  # the operator's policy would want 8 replicas
+    await kube.patch("Deployment", NAMESPACE, "llama-default-decode", {"spec": {"replicas": 3}})
+    before = len([w for w in writes(k8s, DEPLOYMENTS) if w.name == "llama-default-decode"])
+    for _ in range(3):
+        observation = await loop.tick()
+    assert loop.replicas() == {"prefill": 8, "decode": 3}
+    assert len([w for w in writes(k8s, DEPLOYMENTS) if w.name == "llama-default-decode"]) == before
+    decode = [d for d in observation.decisions if d.pool.phase is Phase.DECODE]
+    assert len(decode) == 1 and not decode[0].is_change and decode[0].num_replicas == 3
+    assert "external scaler" in decode[0].reason
+    assert not [q for q in series.queries if 'tandem_role="decode"' in q]  # never read

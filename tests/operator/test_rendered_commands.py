@@ -9,6 +9,7 @@ import posixpath
 from typing import Any
 
 import pytest
+import yaml
 
 from tandem.cli import SUBCOMMANDS
 from tandem.policy.difficulty_policy import parse_policy
@@ -82,7 +83,6 @@ def test_without_a_policy_the_router_runs_its_default_and_with_one_the_loader_ac
     objects = _render({"model": MODEL, "router": {"allowAnonymous": True, "policy": POLICY}})
     config = objects["ConfigMap", "llama-router-policy"]["data"]
     policy_path = _parse(_pods(objects)["llama-router"]["containers"][0]).policy
-    import yaml
     parse_policy(yaml.safe_load(config[posixpath.basename(policy_path)]))
 
 

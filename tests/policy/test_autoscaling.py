@@ -129,6 +129,32 @@ def test_no_action_while_previous_is_pending():
     assert scaler.on_tick(10.0, prefill_metrics(4, 500_000)).desired_replicas == 8
 
 
+def test_a_replica_that_never_becomes_ready_blocks_the_pool_only_until_the_timeout():
+    scaler = PhaseAutoscaler(config(pending_timeout_s=120.0, scale_down_stabilization_s=0.0),
+                             Phase.DECODE)
+    # 4 replicas asked for, one never schedules; meanwhile the load falls to one replica's worth.
+    for now in (0.0, 60.0, 110.0):
+        held = scaler.on_tick(now, decode_metrics(3, running=20, desired=4))
+        assert not held.is_change and "waiting for the previous action" in held.reason
+        assert held.num_stalled_replicas == 0
+    down = scaler.on_tick(130.0, decode_metrics(3, running=20, desired=4))
+    assert down.is_change and down.desired_replicas == 3
+    assert down.num_stalled_replicas == 1 and "not ready for 130s" in down.reason
+    # The next step needs no new timeout while replicas stay unready; readiness resets the clock.
+    assert scaler.on_tick(145.0, decode_metrics(2, running=20, desired=3)).desired_replicas == 2
+    ready = scaler.on_tick(160.0, decode_metrics(2, running=20))
+    assert ready.desired_replicas == 1 and ready.num_stalled_replicas == 0
+    again = scaler.on_tick(175.0, decode_metrics(0, running=20, desired=1))
+    assert not again.is_change and "waiting for the previous action" in again.reason
+
+
+def test_a_stalled_pool_still_scales_up_on_its_load():
+    scaler = PhaseAutoscaler(config(pending_timeout_s=60.0), Phase.PREFILL)
+    assert not scaler.on_tick(0.0, prefill_metrics(2, 0, 20_000, desired=3)).is_change
+    up = scaler.on_tick(60.0, prefill_metrics(2, 100_000, 20_000, desired=3))
+    assert up.desired_replicas == 7 and up.num_stalled_replicas == 1
+
+
 def test_interval_limits_changes():
     scaler = PhaseAutoscaler(config(interval_s=30.0), Phase.PREFILL)
     assert scaler.on_tick(0.0, prefill_metrics(1, 500_000)).desired_replicas == 5
@@ -175,9 +201,29 @@ def test_utilization_baseline_follows_its_one_metric():
     assert decision.desired_replicas == 4
 
 
+def test_utilization_baseline_also_scales_on_the_latency_it_is_given():
+    # An HPA with two metrics takes the larger recommendation: KV usage says shrink, the observed
+    # inter-token P90 at twice the SLO says double.
+    scaler = UtilizationAutoscaler(config(scale_down_stabilization_s=0.0), Phase.DECODE)
+    decision = scaler.on_tick(0.0, decode_metrics(3, running=10, kv_usage=0.1, itl_p90_s=0.2))
+    assert decision.desired_replicas == 6 and "inter-token P90" in decision.reason
+    within = scaler.on_tick(20.0, decode_metrics(6, running=10, kv_usage=0.1, itl_p90_s=0.05))
+    assert within.desired_replicas == 5  # both metrics say shrink (to 3): one step at a time
+    prefill = UtilizationAutoscaler(config(), Phase.PREFILL)
+    slow = prefill.on_tick(0.0, prefill_metrics(2, 0, tokens_per_s=1_000, ttft_p90_s=3.0))
+    assert slow.desired_replicas == 3  # ceil(2 * 3.0 / 2.0)
+    unknown = UtilizationAutoscaler(config(), Phase.DECODE).on_tick(
+        0.0, decode_metrics(2, running=10, kv_usage=0.7, itl_p90_s=None))
+    assert not unknown.is_change
+
+
 def test_bad_settings_and_metrics_are_rejected():
     with pytest.raises(ValueError, match="max_replicas"):
         AutoscalingConfig(min_replicas=5, max_replicas=2)
+    with pytest.raises(ValueError, match="min_replicas must be >= 1"):
+        AutoscalingConfig(min_replicas=0)  # no scale-to-zero: see docs/kubernetes.md
+    with pytest.raises(ValueError, match="pending_timeout_s"):
+        AutoscalingConfig(pending_timeout_s=0)
     with pytest.raises(ValueError, match="ttft_slo_s"):
         AutoscalingConfig(ttft_slo_s=0)
     with pytest.raises(ValueError, match="target_kv_usage"):

@@ -74,6 +74,7 @@ async def test_a_grpc_message_over_the_hard_cap_is_refused(front_doors):
     error = await _grpc_error(front_doors, inference_pb2.GenerateRequest(
         model="small", prompt="x" * (MAX_REQUEST_BYTES + 1)))
     assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert str(MAX_REQUEST_BYTES) in error.details()
     assert front_doors.service.calls == []
 
 

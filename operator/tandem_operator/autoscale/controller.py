@@ -2,7 +2,8 @@
 
 Each pool keeps its own `PhaseAutoscaler` (and so its stabilisation history) across ticks; a
 changed policy config starts that pool's history afresh. A pool whose autoscaling is off is never
-read nor touched: its replicas stay what the spec says.
+read nor touched: its replicas stay what the spec says. A pool in `external` mode is never read
+nor written either (an HPA or KEDA owns its replicas); its decision only reports its size.
 """
 
 from __future__ import annotations
@@ -13,16 +14,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from tandem.policy.autoscaling import AutoscalingConfig, Phase, PhaseAutoscaler, ScalingDecision
+from tandem.policy.pool_load import to_pool_metrics
 
 from tandem_operator.autoscale.connector import ScalingConnector
 from tandem_operator.autoscale.metrics import (
     MetricsSource,
     MetricsUnavailable,
     PoolRef,
-    to_pool_metrics,
+    served_model_name,
 )
+from tandem_operator.autoscale.mode import ScalingMode, pool_scaling_mode
 from tandem_operator.kube import KubeError
-from tandem_operator.spec import AutoscalingSpec, DeploymentSpec, pool_autoscaling_config
+from tandem_operator.spec import AutoscalingSpec, DeploymentSpec, PoolSpec, pool_autoscaling_config
 from tandem_operator.status import WorkloadState
 
 
@@ -36,6 +39,7 @@ class PoolDecision:
     reason: str
     is_change: bool
     time: str
+    num_stalled_replicas: int = 0  # replicas unready past the policy's pending timeout
 
     def as_status(self) -> dict[str, Any]:
         """The decision as it appears in the TandemDeployment status."""
@@ -48,9 +52,12 @@ class DeploymentAutoscaler:
     """Runs the shared policy for every autoscaled pool of one TandemDeployment."""
 
     def __init__(self, source_factory: Callable[[AutoscalingSpec], MetricsSource],
-                 connector: ScalingConnector) -> None:
+                 connector: ScalingConnector,
+                 scaling_mode: Callable[[AutoscalingSpec, PoolSpec], ScalingMode] = pool_scaling_mode,
+                 ) -> None:
         self._source_factory = source_factory
         self._connector = connector
+        self._scaling_mode = scaling_mode
         self._source: tuple[AutoscalingSpec, MetricsSource] | None = None
         self._pools: dict[str, tuple[AutoscalingConfig, PhaseAutoscaler]] = {}
 
@@ -60,13 +67,20 @@ class DeploymentAutoscaler:
         decisions, seen = [], set()
         for tier in spec.tiers:
             for phase in Phase:
-                pool = PoolRef(namespace, spec.name, tier.name, phase)
-                config = pool_autoscaling_config(
-                    spec.autoscaling, tier.prefill if phase is Phase.PREFILL else tier.decode)
+                pool = PoolRef(namespace, spec.name, tier.name, phase, served_model_name(tier))
+                pool_spec = tier.prefill if phase is Phase.PREFILL else tier.decode
+                mode = self._scaling_mode(spec.autoscaling, pool_spec)
                 state = states.get(pool.name)
-                if not config.enabled or state is None:
+                if mode is ScalingMode.FIXED or state is None:
+                    continue
+                if mode is ScalingMode.EXTERNAL:
+                    decisions.append(_decision(pool, state.num_desired, ScalingDecision(
+                        state.num_desired, f"replicas set by an external scaler (HPA or KEDA, "
+                        f"through the Deployment's scale subresource): {state.num_ready} of "
+                        f"{state.num_desired} ready", False)))
                     continue
                 seen.add(pool.name)
+                config = pool_autoscaling_config(spec.autoscaling, pool_spec)
                 decisions.append(await self._tick_pool(now, pool, config, state, spec.autoscaling))
         self._pools = {name: entry for name, entry in self._pools.items() if name in seen}
         return decisions
@@ -78,7 +92,7 @@ class DeploymentAutoscaler:
             load = await self._source_for(autoscaling).read_load(pool)
         except MetricsUnavailable as exc:
             return _decision(pool, current, ScalingDecision(current, f"holding: {exc}", False))
-        metrics = to_pool_metrics(pool, load, state.num_ready, current)
+        metrics = to_pool_metrics(pool.phase, load, state.num_ready, current)
         decision = self._autoscaler_for(pool, config).on_tick(now, metrics)
         if decision.is_change:
             try:
@@ -109,4 +123,4 @@ def _source_key(autoscaling: AutoscalingSpec) -> tuple[Any, ...]:
 def _decision(pool: PoolRef, current: int, decision: ScalingDecision) -> PoolDecision:
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     return PoolDecision(pool, current, decision.desired_replicas, decision.reason,
-                        decision.is_change, now)
+                        decision.is_change, now, decision.num_stalled_replicas)

@@ -2,7 +2,9 @@
 
 The series must carry the pool's identity as labels `namespace`, `tandem_deployment`,
 `tandem_role` and `tandem_model`: the chart's ServiceMonitor copies them from the pod labels
-`tandem.dev/deployment`, `tandem.dev/role` and `tandem.dev/model`.
+`tandem.dev/deployment`, `tandem.dev/role` and `tandem.dev/model`. The pool's latency comes from
+the router's series (`tandem_role="router"`) of the tier's model (their own `model` label): TTFT
+for a prefill pool, inter-token latency for a decode pool (see `tandem.policy.pool_load`).
 """
 
 from __future__ import annotations
@@ -12,7 +14,10 @@ import math
 
 import aiohttp
 
-from tandem_operator.autoscale.metrics import MetricsUnavailable, PoolLoad, PoolRef
+from tandem.policy.autoscaling import Phase
+from tandem.policy.pool_load import ITL_HISTOGRAM, TTFT_HISTOGRAM, PoolLoad
+
+from tandem_operator.autoscale.metrics import MetricsUnavailable, PoolRef
 
 
 class PrometheusSource:
@@ -29,12 +34,12 @@ class PrometheusSource:
         """The PromQL expression behind each PoolLoad field."""
         sel = (f'namespace="{pool.namespace}",tandem_deployment="{pool.deployment}",'
                f'tandem_role="{pool.phase.value}",tandem_model="{pool.tier}"')
+        router = (f'namespace="{pool.namespace}",tandem_deployment="{pool.deployment}",'
+                  f'tandem_role="router",model={_quoted(pool.model)}')
         phase, window = pool.phase.value, self._window
-
-        def p90(histogram: str) -> str:
-            return (f"histogram_quantile(0.9, sum by (le) "
-                    f"(rate({histogram}_bucket{{{sel}}}[{window}])))")
-
+        is_prefill = pool.phase is Phase.PREFILL
+        latency = "ttft_p90_s" if is_prefill else "itl_p90_s"
+        histogram = TTFT_HISTOGRAM if is_prefill else ITL_HISTOGRAM
         return {
             "num_queued_prompt_tokens": f'sum(tandem_queue_prompt_tokens{{{sel},phase="prefill"}})',
             "prefill_tokens_per_s": f"sum(rate(tandem_prefill_tokens_total{{{sel}}}[{window}]))",
@@ -42,8 +47,8 @@ class PrometheusSource:
             "num_waiting_seqs": f'sum(tandem_queue_requests{{{sel},phase="{phase}"}})',
             "num_kv_blocks_used": f"sum(tandem_kv_blocks_used{{{sel}}})",
             "num_kv_blocks_total": f"sum(tandem_kv_blocks_total{{{sel}}})",
-            "ttft_p90_s": p90("tandem_ttft_seconds"),
-            "itl_p90_s": p90("tandem_itl_seconds"),
+            latency: (f"histogram_quantile(0.9, sum by (le) "
+                      f"(rate({histogram}_bucket{{{router}}}[{window}])))"),
         }
 
     async def read_load(self, pool: PoolRef) -> PoolLoad:
@@ -51,7 +56,7 @@ class PrometheusSource:
         queries = self.queries(pool)
         values = await asyncio.gather(*(self._scalar(query) for query in queries.values()))
         fields = dict(zip(queries, values))
-        latencies = {key: fields.pop(key) for key in ("ttft_p90_s", "itl_p90_s")}
+        latencies = {key: fields.pop(key) for key in ("ttft_p90_s", "itl_p90_s") if key in fields}
         return PoolLoad(**{key: value or 0.0 for key, value in fields.items()}, **latencies)
 
     async def _scalar(self, query: str) -> float | None:
@@ -69,3 +74,8 @@ class PrometheusSource:
             return None
         value = float(result[0]["value"][1])
         return value if math.isfinite(value) else None
+
+
+def _quoted(value: str) -> str:
+    # A PromQL string literal: a served model name may hold any character.
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'

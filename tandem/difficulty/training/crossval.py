@@ -1,9 +1,14 @@
-"""Stratified, grouped, seeded K-fold cross-validation of a difficulty estimator.
+"""Seeded K-fold cross-validation of a difficulty estimator, in-domain or domain-held-out.
 
-Folds are assigned per distinct prompt text (duplicate prompts always share a fold, so no prompt
-is both trained and tested on), stratified by (domain, gain class): inside each stratum the
-prompts are ordered by a seeded hash of their text and dealt out round-robin. A prompt's fold
-therefore depends only on the seed, its text and its stratum's membership, not on file order.
+Two ways to split (`Split`):
+- `prompt` (in-domain): folds are assigned per distinct prompt text (duplicate prompts always
+  share a fold), stratified by (domain, gain class): inside each stratum the prompts are ordered
+  by a seeded hash of their text and dealt out round-robin. Every domain is in every fold, so the
+  estimator is tested on prompts like those it was trained on.
+- `domain` (domain-held-out): whole domains (MMLU subjects) are assigned to folds by
+  scikit-learn's GroupKFold (shuffled with the seed, balancing the folds' sizes), so no domain is
+  both trained and tested on: the estimator is tested on prompts unlike its training data.
+In both, a training row whose prompt text also occurs in the test fold is left out of training.
 Each fold's estimator is trained on the other folds and scores its own fold; the out-of-fold
 scores of all folds are evaluated together as one router (every fold's scores are percentiles of
 its own training set, so they share a scale).
@@ -11,6 +16,7 @@ its own training set, so they share a scale).
 
 from __future__ import annotations
 
+import enum
 import hashlib
 from collections import Counter, defaultdict
 from collections.abc import Callable
@@ -18,9 +24,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from router.difficulty.base import TrainableEstimator
-from router.difficulty.data import RoutingDataset
-from router.difficulty.metrics import RoutingMetrics, routing_metrics
+from tandem.difficulty.base import TrainableEstimator
+from tandem.difficulty.training.data import RoutingDataset
+from tandem.difficulty.training.metrics import RoutingMetrics, routing_metrics
+
+
+class Split(str, enum.Enum):
+    """How rows are split into folds (see the module docstring)."""
+
+    PROMPT = "prompt"
+    DOMAIN = "domain"
 
 
 def assign_folds(dataset: RoutingDataset, num_folds: int, seed: int) -> np.ndarray:
@@ -49,6 +62,28 @@ def assign_folds(dataset: RoutingDataset, num_folds: int, seed: int) -> np.ndarr
     return folds
 
 
+def assign_domain_folds(dataset: RoutingDataset, num_folds: int, seed: int) -> np.ndarray:
+    """[N] fold index of each row; all rows of a domain share one fold."""
+    from sklearn.model_selection import GroupKFold
+
+    num_domains = len(set(dataset.domains))
+    if num_folds < 2 or num_domains < num_folds:
+        raise ValueError(f"domain-held-out cross-validation needs 2 <= folds <= domains, got "
+                         f"{num_folds} folds and {num_domains} domains")
+    folds = np.empty(len(dataset), dtype=np.int64)
+    splitter = GroupKFold(n_splits=num_folds, shuffle=True, random_state=seed)
+    for fold, (_, test) in enumerate(splitter.split(dataset.prompts, groups=dataset.domains)):
+        folds[test] = fold
+    return folds
+
+
+def training_rows(dataset: RoutingDataset, folds: np.ndarray, fold: int) -> np.ndarray:
+    """Rows outside `fold` whose prompt text does not also occur inside it."""
+    tested = {dataset.prompts[i] for i in np.flatnonzero(folds == fold)}
+    return np.array([i for i in np.flatnonzero(folds != fold) if dataset.prompts[i] not in tested],
+                    dtype=np.int64)
+
+
 @dataclass(slots=True)
 class CrossValidation:
     """Out-of-fold scores and the metrics of the pooled router and of each fold."""
@@ -60,14 +95,16 @@ class CrossValidation:
 
 
 def cross_validate(make_estimator: Callable[[], TrainableEstimator], dataset: RoutingDataset,
-                   num_folds: int = 5, seed: int = 0) -> CrossValidation:
+                   num_folds: int = 5, seed: int = 0,
+                   split: Split = Split.PROMPT) -> CrossValidation:
     """Trains `make_estimator()` on K-1 folds and scores the held-out fold, for every fold."""
-    folds = assign_folds(dataset, num_folds, seed)
+    assign = assign_domain_folds if Split(split) is Split.DOMAIN else assign_folds
+    folds = assign(dataset, num_folds, seed)
     scores = np.zeros(len(dataset), dtype=np.float64)
     per_fold = []
     for fold in range(num_folds):
         test = np.flatnonzero(folds == fold)
-        train = np.flatnonzero(folds != fold)
+        train = training_rows(dataset, folds, fold)
         estimator = make_estimator().fit(dataset.subset(train))
         scores[test] = estimator.score([dataset.prompts[i] for i in test])
         per_fold.append(routing_metrics(scores[test], dataset.weak_correct[test],

@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from router.difficulty.heads import LinearHead, percentile_table
+from tandem.difficulty.heads import LinearHead, percentile_table
 
 PriorFit = Callable[[np.ndarray, list[str], np.ndarray], LinearHead]
 

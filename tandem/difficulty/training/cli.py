@@ -18,8 +18,9 @@ import json
 import sys
 from collections.abc import Callable
 
-from router.difficulty.base import TrainableEstimator
-from router.difficulty.data import RoutingDataset, load_routing_csvs
+from tandem.difficulty.base import TrainableEstimator
+from tandem.difficulty.training.data import RoutingDataset, load_routing_csvs
+from tandem.difficulty.training.hidden_states import PROMPT_FORMATS
 
 ESTIMATOR_NAMES = ("features", "embedding", "probe")
 
@@ -44,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
         if args.action == "train" and args.estimator == "probe" and args.model is None:
             raise ValueError("train --estimator probe needs --model DIR: a probe must be trained "
                              "on the hidden states of the model it will read")
-        make_estimator, hidden_states = estimator_factory(args.estimator, args.model, args.device)
+        make_estimator, hidden_states = estimator_factory(args.estimator, args.model, args.device,
+                                                          args.prompt_format)
         dataset = load_routing_csvs(args.data, args.prompt_col, args.weak_col, args.strong_col,
                                     args.limit)
         if args.action == "train":
@@ -56,8 +58,9 @@ def run(args: argparse.Namespace) -> int:
         return 2
 
 
-def estimator_factory(name: str, model_dir: str | None,
-                      device: str = "cpu") -> tuple[Callable[[], TrainableEstimator], str | None]:
+def estimator_factory(name: str, model_dir: str | None, device: str = "cpu",
+                      prompt_format: str = "plain",
+                      ) -> tuple[Callable[[], TrainableEstimator], str | None]:
     """A maker of untrained estimators of `name`, and (for the probe) where its states come from.
 
     Training and evaluation read MiniLM vectors through the embedding cache. The probe reads the
@@ -69,18 +72,18 @@ def estimator_factory(name: str, model_dir: str | None,
     if model_dir is not None and name != "probe":
         raise ValueError("--model is only for --estimator probe")
     if name == "features":
-        from router.difficulty.feature_estimator import FeatureEstimator
+        from tandem.difficulty.feature_estimator import FeatureEstimator
 
         return FeatureEstimator, None
     if name == "embedding":
-        from router.difficulty.embedding_cache import EmbeddingCache
-        from router.difficulty.embedding_estimator import EmbeddingEstimator
+        from tandem.difficulty.training.embedding_cache import EmbeddingCache
+        from tandem.difficulty.embedding_estimator import EmbeddingEstimator
 
         cache = EmbeddingCache()
         return lambda: EmbeddingEstimator(embedder=cache.pooled), None
-    from router.difficulty.probe_estimator import probe_factory
+    from tandem.difficulty.training.probe_estimator import probe_factory
 
-    return probe_factory(model_dir, device)
+    return probe_factory(model_dir, device, prompt_format)
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -92,8 +95,12 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--estimator", default="features", choices=ESTIMATOR_NAMES,
                         help="estimator to train or evaluate (default: features)")
     parser.add_argument("--model", default=None,
-                        help="model folder whose hidden states the probe reads (probe only)")
+                        help="model whose hidden states the probe reads: a folder, a .gguf file or "
+                             "an alias such as smollm2 (probe only)")
     parser.add_argument("--device", default="cpu", help="torch device for --model (default: cpu)")
+    parser.add_argument("--prompt-format", default="plain", choices=PROMPT_FORMATS,
+                        help="how the router tokenizes the prompts the probe will read: plain text "
+                             "(completions) or one user message in the chat template (default: plain)")
     parser.add_argument("--limit", type=int, default=None,
                         help="use an evenly spaced subset of at most N rows")
 
@@ -109,8 +116,8 @@ def _train(make_estimator: Callable[[], TrainableEstimator], dataset: RoutingDat
 
 def _evaluate(make_estimator: Callable[[], TrainableEstimator], dataset: RoutingDataset,
               args: argparse.Namespace, hidden_states: str | None) -> int:
-    from router.difficulty.evaluation import evaluate
-    from router.difficulty.report import format_table, plot_quality
+    from tandem.difficulty.training.evaluation import evaluate
+    from tandem.difficulty.training.report import format_table, plot_quality
 
     evaluation = evaluate(make_estimator, dataset, args.folds, args.seed, hidden_states)
     summary = evaluation.as_dict()

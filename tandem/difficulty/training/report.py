@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pathlib
 
-from router.difficulty.evaluation import NUM_RANDOM_DRAWS, Evaluation
+from tandem.difficulty.training.evaluation import NUM_RANDOM_DRAWS, Evaluation
 
 
 def format_table(evaluation: Evaluation) -> str:

@@ -15,12 +15,12 @@ from typing import Any
 
 import numpy as np
 
-from router.difficulty.base import check_prompts
-from router.difficulty.data import RoutingDataset
-from router.difficulty.heads import Target, target_labels
-from router.difficulty.hidden_states import (EngineHiddenStates, HiddenStateSource,
-                                             minilm_hidden_states)
-from router.difficulty.probe import ProbeHead
+from tandem.difficulty.base import check_prompts
+from tandem.difficulty.heads import Target, target_labels
+from tandem.difficulty.probe import ProbeHead
+from tandem.difficulty.training.data import RoutingDataset
+from tandem.difficulty.training.hidden_states import (CachedHiddenStates, EngineHiddenStates,
+                                                      HiddenStateSource, minilm_hidden_states)
 
 MINILM_STAND_IN = "minilm-final-token (stand-in, not the served model)"
 
@@ -31,11 +31,12 @@ class ProbeEstimator:
     name = "probe"
 
     def __init__(self, source: HiddenStateSource, source_label: str, target: Target = Target.GAIN,
-                 regularization: float = 0.05) -> None:
+                 regularization: float = 0.05, prompt_format: str | None = None) -> None:
         if regularization <= 0:
             raise ValueError(f"regularization must be > 0, got {regularization}")
         self.source = source
         self.source_label = source_label
+        self.prompt_format = prompt_format
         self.target = Target(target)
         self.regularization = regularization
         self.head: ProbeHead | None = None
@@ -46,6 +47,9 @@ class ProbeEstimator:
         states = self.source(dataset.prompts)
         metadata: dict[str, Any] = {"hidden_states": self.source_label, "target": self.target.value,
                                     "num_train_prompts": len(dataset)}
+        if self.prompt_format is not None:
+            # The prefill worker's requests must be tokenized the same way for the probe to apply.
+            metadata["prompt_format"] = self.prompt_format
         self.head = ProbeHead.fit(states, labels, self.regularization, metadata)
         return self
 
@@ -64,16 +68,21 @@ class ProbeEstimator:
         return self.head
 
 
-def probe_factory(model_dir: str | pathlib.Path | None = None,
-                  device: str = "cpu") -> tuple[Callable[[], ProbeEstimator], str]:
+def probe_factory(model: str | pathlib.Path | None = None, device: str = "cpu",
+                  prompt_format: str = "plain") -> tuple[Callable[[], ProbeEstimator], str]:
     """A maker of untrained probes sharing one hidden-state source, and that source's label.
 
-    With `model_dir`, the states come from that model run by Tandem's engine (loaded once, on
-    first use); without it, from MiniLM's final-token states: an evaluation stand-in only.
+    With `model` (a folder, a GGUF file or an alias such as `smollm2`), the states come from that
+    model run by Tandem's engine (loaded once, on first use) on prompts tokenized as the router
+    does in `prompt_format`, and are cached on disk; without it, from MiniLM's final-token
+    states: an evaluation stand-in only.
     """
-    if model_dir is None:
-        source, label = minilm_hidden_states, MINILM_STAND_IN
-    else:
-        source = EngineHiddenStates(model_dir, device=device)
-        label = f"engine:{source.model_dir.resolve()}"
-    return lambda: ProbeEstimator(source, label), label
+    if model is None:
+        return (lambda: ProbeEstimator(minilm_hidden_states, MINILM_STAND_IN)), MINILM_STAND_IN
+    from tandem.engine.gguf_import import resolve_gguf_model
+
+    engine = EngineHiddenStates(resolve_gguf_model(model), device=device,
+                                prompt_format=prompt_format)
+    source = CachedHiddenStates(engine)
+    label = f"engine:{engine.model_dir.resolve()}"
+    return lambda: ProbeEstimator(source, label, prompt_format=prompt_format), label

@@ -27,7 +27,7 @@ def shared_data_dir() -> pathlib.Path:
     env = os.environ.get("TANDEM_SHARED_DATA")
     if env:
         return pathlib.Path(env)
-    return pathlib.Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
+    return pathlib.Path(__file__).resolve().parents[3] / ".." / "shared" / "data"
 
 
 @dataclass(slots=True)

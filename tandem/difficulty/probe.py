@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from router.difficulty.heads import LinearHead, load_arrays, save_arrays
+from tandem.difficulty.heads import LinearHead, load_arrays, save_arrays
 
 MANIFEST = "probe.json"
 ARRAYS_FILE = "probe.safetensors"

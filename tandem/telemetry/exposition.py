@@ -1,4 +1,8 @@
-"""Prometheus text exposition: parse one scrape, and estimate a quantile from histogram buckets."""
+"""Prometheus text exposition read back: parse one scrape, sum series, estimate histogram quantiles.
+
+Shared by the operator (which scrapes real pods) and the simulator (which builds the same samples
+for its simulated pods), so that both read pool load with the same arithmetic.
+"""
 
 from __future__ import annotations
 
@@ -25,12 +29,14 @@ def sum_samples(samples: Samples, name: str, **labels: str) -> float:
                if all(series.get(key) == want for key, want in labels.items()))
 
 
-def bucket_counts(samples: Samples, histogram: str) -> dict[float, float]:
-    """Cumulative bucket counts by upper bound (`le`), summed over all other labels."""
+def bucket_counts(samples: Samples, histogram: str, **labels: str) -> dict[float, float]:
+    """Cumulative bucket counts by upper bound (`le`), summed over the series whose labels
+    include `labels`."""
     counts: dict[float, float] = {}
     for series, value in samples.get(f"{histogram}_bucket", []):
-        upper = float(series["le"])
-        counts[upper] = counts.get(upper, 0.0) + value
+        if all(series.get(key) == want for key, want in labels.items()):
+            upper = float(series["le"])
+            counts[upper] = counts.get(upper, 0.0) + value
     return counts
 
 

@@ -15,16 +15,19 @@ from __future__ import annotations
 
 import pathlib
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from router.difficulty.base import check_prompts, read_manifest, write_manifest
-from router.difficulty.data import RoutingDataset
-from router.difficulty.domain_prior import (cross_fitted_prior, fit_word_prior,
+from tandem.difficulty.base import check_prompts, read_manifest, write_manifest
+from tandem.difficulty.domain_prior import (cross_fitted_prior, fit_word_prior,
                                             smoothed_domain_means)
-from router.difficulty.features import HAND_FEATURE_NAMES, NUM_FEATURES, features_matrix
-from router.difficulty.heads import LinearHead, Target, load_arrays, save_arrays, target_labels
-from router.difficulty.neighbours import NeighbourTable
+from tandem.difficulty.features import HAND_FEATURE_NAMES, NUM_FEATURES, features_matrix
+from tandem.difficulty.heads import LinearHead, Target, load_arrays, save_arrays, target_labels
+from tandem.difficulty.neighbours import NeighbourTable
+
+if TYPE_CHECKING:
+    from tandem.difficulty.training.data import RoutingDataset
 
 ARRAYS_FILE = "heads.safetensors"
 NUM_HAND = len(HAND_FEATURE_NAMES)
@@ -106,7 +109,7 @@ class EmbeddingEstimator:
         Without `embedder`, the MiniLM encoder is built here, so that a router pays its start-up
         (and learns of a missing package) when it loads the estimator, not on the first request.
         """
-        from router.difficulty.minilm import MiniLMEncoder, minilm_model_dir, weights_fingerprint
+        from tandem.difficulty.minilm import MiniLMEncoder, minilm_model_dir, weights_fingerprint
 
         settings = read_manifest(directory, cls.name)
         if settings.get("num_features") != NUM_FEATURES:
@@ -135,14 +138,14 @@ class EmbeddingEstimator:
 
     def _embed(self, prompts: Sequence[str]) -> np.ndarray:
         if self._embedder is None:
-            from router.difficulty.minilm import MiniLMEncoder
+            from tandem.difficulty.minilm import MiniLMEncoder
 
             self._embedder = MiniLMEncoder().encode
         return np.asarray(self._embedder(prompts), dtype=np.float32)
 
     def _fingerprint(self) -> str:
         if self.fingerprint is None:
-            from router.difficulty.minilm import minilm_model_dir, weights_fingerprint
+            from tandem.difficulty.minilm import minilm_model_dir, weights_fingerprint
 
             self.fingerprint = weights_fingerprint(minilm_model_dir())
         return self.fingerprint

@@ -10,14 +10,17 @@ into the head directly instead. The manifest records which inputs the head was t
 from __future__ import annotations
 
 import pathlib
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from router.difficulty.base import check_prompts, read_manifest, write_manifest
-from router.difficulty.data import RoutingDataset
-from router.difficulty.domain_prior import cross_fitted_prior, fit_word_prior
-from router.difficulty.features import HAND_FEATURE_NAMES, NUM_FEATURES, features_matrix
-from router.difficulty.heads import LinearHead, Target, load_arrays, save_arrays, target_labels
+from tandem.difficulty.base import check_prompts, read_manifest, write_manifest
+from tandem.difficulty.domain_prior import cross_fitted_prior, fit_word_prior
+from tandem.difficulty.features import HAND_FEATURE_NAMES, NUM_FEATURES, features_matrix
+from tandem.difficulty.heads import LinearHead, Target, load_arrays, save_arrays, target_labels
+
+if TYPE_CHECKING:
+    from tandem.difficulty.training.data import RoutingDataset
 
 ARRAYS_FILE = "head.safetensors"
 NUM_HAND = len(HAND_FEATURE_NAMES)

@@ -16,16 +16,16 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import numpy as np
 
 if TYPE_CHECKING:
-    from router.difficulty.data import RoutingDataset
+    from tandem.difficulty.training.data import RoutingDataset
 
 MANIFEST = "estimator.json"
-PROBE_MANIFEST = "probe.json"  # router.difficulty.probe's folder: loaded by the prefill worker
+PROBE_MANIFEST = "probe.json"  # tandem.difficulty.probe's folder: loaded by the prefill worker
 FORMAT_VERSION = 1
 
 # name -> "module:Class"; the class has `load(directory)` and `fit(dataset)`.
 ESTIMATORS: dict[str, str] = {
-    "features": "router.difficulty.feature_estimator:FeatureEstimator",
-    "embedding": "router.difficulty.embedding_estimator:EmbeddingEstimator",
+    "features": "tandem.difficulty.feature_estimator:FeatureEstimator",
+    "embedding": "tandem.difficulty.embedding_estimator:EmbeddingEstimator",
 }
 
 

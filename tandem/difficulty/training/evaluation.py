@@ -15,11 +15,12 @@ from typing import Any
 
 import numpy as np
 
-from router.difficulty.base import TrainableEstimator
-from router.difficulty.crossval import cross_validate
-from router.difficulty.data import RoutingDataset
-from router.difficulty.metrics import (QualityCurve, RoutingMetrics, oracle_scores, quality_curve,
-                                       random_routing_metrics, routing_metrics)
+from tandem.difficulty.base import TrainableEstimator
+from tandem.difficulty.training.crossval import cross_validate
+from tandem.difficulty.training.data import RoutingDataset
+from tandem.difficulty.training.metrics import (QualityCurve, RoutingMetrics, oracle_scores,
+                                                quality_curve, random_routing_metrics,
+                                                routing_metrics)
 
 NUM_RANDOM_DRAWS = 100
 

@@ -1,1 +1,0 @@
-"""Difficulty estimation for routing: prompt-level estimators, the hidden-state probe, evaluation."""

@@ -1,0 +1,1 @@
+"""Training and evaluating difficulty estimators on labelled routing data (`tandem difficulty`)."""
