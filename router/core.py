@@ -13,13 +13,13 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 
 from router.auth import Tenant
 from router.dispatch import Dispatcher, DispatchPlan, FirstToken
 from router.errors import ErrorCode, RouterError
 from router.request_plan import ModelEntry, RequestPlan, plan_request_off_loop
-from router.routing_brain import RoutingBrain, RoutingOutcome
+from router.routing_brain import RoutingBrain, RoutingOutcome, unknown_model
 from router.sample_text import ANSWER, SampleText, TextPiece
 from router.selection import Selection
 from router.tenant_limits import within_tenant_limits
@@ -32,8 +32,9 @@ log = logging.getLogger(__name__)
 class RouterCore:
     """Implements router.service.GenerationService over the worker pool."""
 
-    def __init__(self, models: dict[str, ModelEntry], dispatcher: Dispatcher,
+    def __init__(self, models: Mapping[str, ModelEntry], dispatcher: Dispatcher,
                  brain: RoutingBrain) -> None:
+        # Served name -> entry; a live view (router.model_catalog.ModelCatalog) in the router.
         self.models = models
         self.dispatcher = dispatcher
         self.brain = brain
@@ -51,19 +52,21 @@ class RouterCore:
         """Streams one request's responses; the last carries usage."""
         arrived = time.monotonic()
         request_id = request.request_id or uuid.uuid4().hex
-        outcome = await self.brain.before_prefill(request, tenant, set(self.models))
-        model = self._model(outcome.model, tenant)
+        models = dict(self.models)  # one view of the served tiers for the whole request
+        outcome = await self.brain.before_prefill(request, tenant, models)
+        model = self._model(outcome.model, tenant, models)
         request, defaults = within_tenant_limits(request, outcome.defaults, tenant.policy, tenant.name)
         plan = await plan_request_off_loop(request, model, defaults)
         relay = _Relay(request_id, model, plan, outcome, arrived)
         async for response in self._relay(relay):
             yield response
 
-    def _model(self, name: str, tenant: Tenant) -> ModelEntry:
-        model = self.models.get(name)
+    def _model(self, name: str, tenant: Tenant, models: dict[str, ModelEntry]) -> ModelEntry:
+        model = models.get(name)
+        if model is None and name in getattr(self.models, "configured", ()):
+            raise RouterError(ErrorCode.UNAVAILABLE, f"model {name!r} has no worker now")
         if model is None:
-            raise RouterError(ErrorCode.NOT_FOUND, f"unknown model {name!r}; this deployment "
-                                                   f"serves {sorted(self.models)}", param="model")
+            raise unknown_model(name, models)
         if not tenant.policy.allows_model(name):
             raise RouterError(ErrorCode.PERMISSION_DENIED,
                               f"tenant {tenant.name!r} may not use model {name!r}", param="model")
@@ -74,6 +77,7 @@ class RouterCore:
                                      prompt_token_ids=relay.plan.prompt_token_ids,
                                      sampling=relay.plan.sampling, budget=relay.plan.budget,
                                      num_samples=relay.plan.num_samples,
+                                     block_size=relay.model.block_size,
                                      force_colocated=relay.outcome.force_colocated)
         events = self.dispatcher.run(dispatch_plan, on_first_token=relay.on_first_token(self.brain))
         try:
@@ -216,7 +220,7 @@ class _Relay:
         return inference_pb2.RoutingInfo(
             model=self.model.name, difficulty=self.outcome.difficulty,
             probe_difficulty=self.probe_difficulty, estimator=self.outcome.estimator,
-            disaggregated=self.is_disaggregated)
+            disaggregated=self.is_disaggregated, reason=self.outcome.reason)
 
     def _usage(self) -> inference_pb2.Usage:
         completion = sum(s.num_tokens for s in self.samples)
@@ -226,7 +230,8 @@ class _Relay:
             prompt_tokens=num_prompt, cached_prompt_tokens=self.num_cached,
             completion_tokens=completion, thinking_tokens=thinking,
             answer_tokens=completion - thinking, num_samples=self.plan.num_samples,
-            cost=self.model.prompt_cost(num_prompt) + self.model.completion_cost(completion))
+            cost=self.model.prompt_cost(num_prompt) + self.model.completion_cost(completion),
+            routing=self._routing())
 
     def _mark_token_times(self, num_tokens: int = 1) -> None:
         now = time.monotonic()

@@ -47,8 +47,9 @@ class KubernetesDiscoveryConfig:
 
     @property
     def label_selector(self) -> str:
-        """The label selector of this deployment's slices."""
-        return f"{DEPLOYMENT_LABEL}={self.deployment}"
+        """The label selector of this deployment's worker slices (not the router's own Service)."""
+        roles = ",".join(sorted(role.value for role in WorkerRole))
+        return f"{DEPLOYMENT_LABEL}={self.deployment},{ROLE_LABEL} in ({roles})"
 
 
 async def kubernetes_api_client(kubeconfig: str | None = None) -> k8s_client.ApiClient:

@@ -46,6 +46,8 @@ class DispatchPlan:
     budget: worker_pb2.DecodeBudget
     num_samples: int = 1
     force_colocated: bool = False
+    # Tokens per KV block on this model's workers (prefix hashes, cached-token counts).
+    block_size: int = 16
 
 
 @dataclass(slots=True)
@@ -71,7 +73,6 @@ class DispatchSettings:
     migration_limit: int = 3
     lease_seconds: float = 30.0
     rpc_timeout_s: float = 600.0
-    block_size: int = 16
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1 or self.migration_limit < 0:
@@ -142,7 +143,7 @@ class Dispatcher:
 
     async def _attempt(self, plan: DispatchPlan, excluded: set[str], streams: StreamSet,
                        on_first_token) -> list[object]:
-        hashes = chained_block_hashes(plan.prompt_token_ids, self.settings.block_size)
+        hashes = chained_block_hashes(plan.prompt_token_ids, plan.block_size)
         decode = self._choose_decode(plan.model, hashes, excluded)
         prefill, reason = self._choose_prefill(plan, hashes, decode, excluded)
         self._route_to(decode, hashes)
@@ -177,7 +178,7 @@ class Dispatcher:
             return None, "colocated by policy"
         handles = [h for h in self.pool.healthy("prefill", plan.model) if h.worker_id not in excluded]
         num_cached_blocks = self.prefix_index.match(hashes).get(decode.worker_id, 0)
-        num_uncached = max(0, len(plan.prompt_token_ids) - num_cached_blocks * self.settings.block_size)
+        num_uncached = max(0, len(plan.prompt_token_ids) - num_cached_blocks * plan.block_size)
         is_split, reason = should_disaggregate(num_uncached, [h.snapshot() for h in handles],
                                                self.settings.choice)
         if not is_split:
@@ -234,7 +235,7 @@ class Dispatcher:
             raise
         first = FirstToken(response.first_token_id, response.first_token_logprob,
                            list(response.hidden_state), response.probe_difficulty,
-                           reservation.num_cached_blocks * self.settings.block_size,
+                           reservation.num_cached_blocks * plan.block_size,
                            is_disaggregated=True)
         budget = on_first_token(first) if on_first_token is not None else None
         if budget is not None:
@@ -294,7 +295,7 @@ class Dispatcher:
                               f"{index} cannot move to another worker (migration limit {limit})")
         progress.num_migrations[index] += 1
         hashes = chained_block_hashes(plan.prompt_token_ids + progress.token_ids[index],
-                                      self.settings.block_size)
+                                      plan.block_size)
         decode = self._choose_decode(plan.model, hashes, excluded)
         self._route_to(decode, hashes)
         request = resumed_request(uuid.uuid4().hex, plan.prompt_token_ids, plan.sampling,

@@ -20,7 +20,7 @@ from opentelemetry import context as otel_context
 
 from router.auth import Authenticator, Tenant, api_key_from_pairs
 from router.errors import ErrorCode, RouterError, invalid_argument
-from router.openai_render import OpenAIRenderer
+from router.openai_render import OpenAIRenderer, routing_headers
 from router.openai_schema import Endpoint, parse_request
 from router.request_plan import MAX_REQUEST_BYTES
 from router.service import GenerationService
@@ -91,17 +91,19 @@ class OpenAIHttpApi:
                     return await _send_events(request, stream, renderer)
                 async for response in stream:
                     renderer.add(response)
-                return web.json_response(renderer.final_body())
+                return web.json_response(renderer.final_body(),
+                                         headers=routing_headers(renderer.routing))
 
 
 async def _send_events(request: web.Request, stream, renderer: OpenAIRenderer) -> web.StreamResponse:
-    # The first message decides the status: errors before it keep their own HTTP status.
+    # The first message decides the status (errors before it keep their own HTTP status) and the
+    # routing headers: the tier is chosen before it, and it carries the routing information.
     first = await anext(stream, None)
-    response = web.StreamResponse(headers=_SSE_HEADERS)
+    first_chunk = renderer.add(first) if first is not None else None
+    response = web.StreamResponse(headers={**_SSE_HEADERS, **routing_headers(renderer.routing)})
     await response.prepare(request)
     try:
-        if first is not None:
-            await _send(response, renderer.add(first))
+        await _send(response, first_chunk)
         async for message in stream:
             await _send(response, renderer.add(message))
         if renderer.parsed.include_usage:

@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import logging
 import os
-from pathlib import Path
 
 from router.admission import AdmittedService
 from router.auth import Authenticator
@@ -14,7 +13,7 @@ from router.core import RouterCore
 from router.dispatch import Dispatcher, DispatchSettings
 from router.grpc_api import build_grpc_server
 from router.http_api import build_http_app, start_http_server
-from router.request_plan import ModelEntry
+from router.model_catalog import ModelCatalog, model_sources
 from router.routing_brain import RoutingBrain
 from router.tls import tls_from_args
 from router.worker_pool import WorkerPool
@@ -33,9 +32,17 @@ log = logging.getLogger(__name__)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of `tandem router`."""
-    parser.add_argument("--model", required=True,
-                        help="model folder (the router needs its tokenizer and chat template), or 'tiny'")
-    parser.add_argument("--model-name", default=None, help="served name (default: folder name)")
+    parser.add_argument("--model", default=None,
+                        help="one tier's model folder (the router needs its tokenizer and chat "
+                             "template), or 'tiny'; for several tiers use --tier")
+    parser.add_argument("--model-name", default=None,
+                        help="the --model tier's served name (default: folder name)")
+    parser.add_argument("--tier", action="append", default=[], metavar="NAME=FOLDER",
+                        help="a tier: the model name its workers announce, and the folder of its "
+                             "tokenizer and chat template; once per tier (instead of --model)")
+    parser.add_argument("--deployment-name", action="append", default=[], metavar="NAME",
+                        help="a model name that, like 'auto', lets the routing policy choose the "
+                             "tier (the deployment's own name); may be repeated")
     parser.add_argument("--host", default="0.0.0.0")
     parser.add_argument("--grpc-port", type=int, default=50051)
     parser.add_argument("--http-port", type=int, default=8000)
@@ -46,8 +53,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="YAML/JSON file (or Secret folder) mapping API keys to tenants")
     parser.add_argument("--allow-anonymous", action="store_true",
                         help="accept requests without an API key (local use)")
-    parser.add_argument("--policy", default=None, help="routing and budget policy YAML")
-    parser.add_argument("--estimator", default=None, help="folder of a trained difficulty estimator")
+    parser.add_argument("--policy", default=None,
+                        help="routing and budget policy YAML (docs/difficulty-routing.md); needs "
+                             "--estimator")
+    parser.add_argument("--estimator", default=None,
+                        help="folder of a trained difficulty estimator; needs --policy")
     parser.add_argument("--tls-cert", default=None)
     parser.add_argument("--tls-key", default=None)
     parser.add_argument("--price-prompt", type=float, default=0.0, help="price per 1k prompt tokens")
@@ -79,13 +89,17 @@ async def serve(args: argparse.Namespace) -> int:
     configure_logging(args.log_level)
     worker_token = worker_token_from_args(args)
     setup_tracing("tandem-router")
-    model_dir = resolve_model_dir(args.model)
-    model_name = args.model_name or model_dir.name
+    try:
+        sources = model_sources(args.model, args.model_name, args.tier)
+        difficulty = _difficulty_parts(args, set(sources))
+    except ValueError as exc:
+        raise SystemExit(f"tandem router: {exc}") from None
+    tokenizers = _load_tokenizers(sources)
     pool = WorkerPool(worker_token=worker_token)
     discovery = await start_discovery(args, pool)
     await pool.start()
     await pool.wait_for("decode", timeout_s=120.0)
-    service = _build_service(args, pool, model_dir, model_name)
+    service, catalog = _build_service(args, pool, tokenizers, difficulty)
     authenticator = (Authenticator(keys_path=args.api_keys, allow_anonymous=args.allow_anonymous)
                      if args.api_keys else Authenticator(allow_anonymous=args.allow_anonymous))
     tls = tls_from_args(args.tls_cert, args.tls_key)
@@ -98,7 +112,8 @@ async def serve(args: argparse.Namespace) -> int:
     metrics_port = start_metrics_server(args.metrics_port) if args.metrics_port else http_server.port
     write_ready_file(args.ready_file, grpc_port=grpc_server.port, http_port=http_server.port,
                      metrics_port=metrics_port)
-    log.info("router ready: gRPC %d, HTTP %d, model %s", grpc_server.port, http_server.port, model_name)
+    log.info("router ready: gRPC %d, HTTP %d, tiers %s (served now: %s)", grpc_server.port,
+             http_server.port, sorted(sources), sorted(catalog))
 
     async def drain() -> None:
         await grpc_server.stop(grace_s=5.0)
@@ -111,24 +126,26 @@ async def serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _build_service(args: argparse.Namespace, pool: WorkerPool, model_dir: Path,
-                   model_name: str) -> AdmittedService:
-    from tandem.engine.tokenizer import Tokenizer
-
-    load = pool.models().get(model_name) or next(iter(pool.models().values()))
-    if load.model != model_name:
-        raise SystemExit(f"the workers serve model {load.model!r}, the router was given {model_name!r}")
-    entry = ModelEntry(model_name, Tokenizer.from_model_dir(model_dir), load.max_context,
-                       args.price_prompt, args.price_completion)
+def _build_service(args: argparse.Namespace, pool: WorkerPool, tokenizers: dict[str, object],
+                   difficulty: dict) -> tuple[AdmittedService, ModelCatalog]:
+    catalog = ModelCatalog(tokenizers, pool, price_per_1k_prompt_tokens=args.price_prompt,
+                           price_per_1k_completion_tokens=args.price_completion)
     choice = WorkerChoiceConfig(min_disaggregate_prompt_tokens=args.min_disaggregate_tokens)
     dispatcher = Dispatcher(pool, DispatchSettings(choice=choice, max_attempts=args.max_attempts,
                                                    migration_limit=args.migration_limit,
-                                                   lease_seconds=args.lease_seconds,
-                                                   block_size=load.layout.block_size))
-    brain = RoutingBrain(default_model=model_name, **_difficulty_parts(args))
-    core = RouterCore({model_name: entry}, dispatcher, brain)
+                                                   lease_seconds=args.lease_seconds))
+    brain = RoutingBrain(default_model=next(iter(tokenizers)),
+                         auto_names=frozenset(args.deployment_name), **difficulty)
+    core = RouterCore(catalog, dispatcher, brain)
     quotas = QuotaPolicy(QuotaConfig(max_concurrent_requests=args.max_concurrent_requests))
-    return AdmittedService(core, quotas, metrics=default_metrics())
+    return AdmittedService(core, quotas, metrics=default_metrics()), catalog
+
+
+def _load_tokenizers(sources: dict[str, str]) -> dict[str, object]:
+    from tandem.engine.tokenizer import Tokenizer
+
+    return {name: Tokenizer.from_model_dir(resolve_model_dir(source))
+            for name, source in sources.items()}
 
 
 def _non_negative_int(text: str) -> int:
@@ -138,11 +155,19 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
-def _difficulty_parts(args: argparse.Namespace) -> dict:
+def _difficulty_parts(args: argparse.Namespace, tiers: set[str]) -> dict:
+    """The estimator and policy (both or neither); every tier the policy names must be one of ours."""
+    if (args.policy is None) != (args.estimator is None):
+        raise ValueError("--policy and --estimator go together: the policy maps the estimator's "
+                         "difficulty to a tier and budgets")
     if args.policy is None:
         return {}
     from tandem.difficulty.base import load_estimator
     from tandem.policy.difficulty_policy import load_policy
 
-    estimator = load_estimator(args.estimator) if args.estimator else None
-    return {"estimator": estimator, "policy": load_policy(args.policy)}
+    policy = load_policy(args.policy)
+    unknown = policy.tiers - tiers
+    if unknown:
+        raise ValueError(f"{args.policy} routes to tiers {sorted(unknown)} that this router has no "
+                         f"tokenizer for (tiers: {sorted(tiers)}; add --tier NAME=FOLDER)")
+    return {"estimator": load_estimator(args.estimator), "policy": policy}

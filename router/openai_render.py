@@ -51,6 +51,7 @@ def usage_body(usage: inference_pb2.Usage) -> dict:
         "prompt_tokens_details": {"cached_tokens": usage.cached_prompt_tokens},
         "completion_tokens_details": {"reasoning_tokens": usage.thinking_tokens},
         "cost": usage.cost,
+        **({"routing": routing_body(usage.routing)} if usage.HasField("routing") else {}),
     }
 
 
@@ -58,7 +59,16 @@ def routing_body(routing: inference_pb2.RoutingInfo) -> dict:
     """Tandem's routing information as a JSON extension."""
     return {"model": routing.model, "difficulty": routing.difficulty,
             "probe_difficulty": routing.probe_difficulty, "estimator": routing.estimator,
-            "disaggregated": routing.disaggregated}
+            "disaggregated": routing.disaggregated, "reason": routing.reason}
+
+
+def routing_headers(routing: inference_pb2.RoutingInfo | None) -> dict[str, str]:
+    """The routing decision as response headers: the tier, the difficulty and its estimator
+    (difficulty -1 and estimator "none" when no estimator ran)."""
+    if routing is None:
+        return {}
+    return {"x-tandem-model": routing.model, "x-tandem-difficulty": f"{routing.difficulty:.4f}",
+            "x-tandem-estimator": routing.estimator or "none"}
 
 
 class OpenAIRenderer:
@@ -89,6 +99,9 @@ class OpenAIRenderer:
             self.model = response.routing.model or self.model
         if response.HasField("usage"):
             self.usage = response.usage
+            if self.routing is None and response.usage.HasField("routing"):
+                self.routing = response.usage.routing
+                self.model = response.usage.routing.model or self.model
         self.num_tokens_seen += len(response.token_ids)
         choice = self._choices.setdefault(response.sample_index, _Choice(response.sample_index))
         is_thinking = self.is_chat and response.section == inference_pb2.TOKEN_SECTION_THINKING

@@ -173,7 +173,10 @@ def _fill_sampling(sampling: inference_pb2.SamplingParams, body: dict, endpoint:
     seed = _integer(body, "seed", low=0, high=UINT64_MAX)
     if seed is not None:
         sampling.seed = seed
-    sampling.n = _integer(body, "n", low=1, high=MAX_N) or 1
+    num_samples = _integer(body, "n", low=1, high=MAX_N)
+    if num_samples is not None:
+        # Absent (the openai client leaves out what the caller did not give): the policy decides.
+        sampling.n = num_samples
     sampling.stop.extend(_stop_strings(body.get("stop")))
     stop_ids = body.get("stop_token_ids")
     if stop_ids is not None:
@@ -185,7 +188,7 @@ def _fill_sampling(sampling: inference_pb2.SamplingParams, body: dict, endpoint:
         if selection not in _SELECTIONS:
             raise invalid_argument("selection", f"must be one of {sorted(_SELECTIONS)}")
         sampling.selection = _SELECTIONS[selection]
-    selection_m = _integer(body, "selection_m", low=1, high=sampling.n)
+    selection_m = _integer(body, "selection_m", low=1, high=sampling.n if num_samples else MAX_N)
     if selection_m is not None:
         sampling.selection_m = selection_m
     if endpoint is Endpoint.CHAT:

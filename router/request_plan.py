@@ -39,13 +39,16 @@ _LONG_INPUT_EXECUTOR = ThreadPoolExecutor(max_workers=2, thread_name_prefix="rou
 
 @dataclass(slots=True)
 class ModelEntry:
-    """A model the router serves: its tokenizer, context and prices."""
+    """A model the router serves: its tokenizer, context, prices and its workers' KV block size."""
 
     name: str
     tokenizer: object
     max_context: int
     price_per_1k_prompt_tokens: float = 0.0
     price_per_1k_completion_tokens: float = 0.0
+    block_size: int = 16
+    # Models with the same id read token ids alike (a hash of the tokenizer's definition).
+    vocabulary_id: str = ""
 
     @property
     def supports_thinking(self) -> bool:
@@ -221,7 +224,8 @@ def _checked_sampling(given: inference_pb2.SamplingParams,
     if sampling.top_logprobs > MAX_TOP_LOGPROBS:
         raise _invalid(f"top_logprobs must be at most {MAX_TOP_LOGPROBS}, got "
                        f"{sampling.top_logprobs}", "top_logprobs")
-    if sampling.n == 0:
+    if not sampling.HasField("n"):
+        # Unset, not 1: the policy's samples and selection apply.
         sampling.n = defaults.num_samples
         if sampling.selection == inference_pb2.SELECTION_RULE_UNSPECIFIED:
             sampling.selection, sampling.selection_m = defaults.selection, defaults.selection_m

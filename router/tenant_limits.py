@@ -28,7 +28,7 @@ def within_tenant_limits(request: inference_pb2.GenerateRequest, defaults: Budge
            policy.max_deadline_seconds, "deadline_seconds", tenant_name)
     _check(budget.max_cost if budget.HasField("max_cost") else None, policy.max_cost,
            "max_cost", tenant_name)
-    _check(sampling.n or None, policy.max_samples, "n", tenant_name)
+    _check(sampling.n if sampling.HasField("n") else None, policy.max_samples, "n", tenant_name)
     limited = inference_pb2.GenerateRequest()
     limited.CopyFrom(request)
     if policy.max_deadline_seconds is not None and not budget.HasField("deadline_seconds"):

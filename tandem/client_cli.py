@@ -34,7 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser, command_name: str) -> None:
     parser.add_argument("--temperature", type=float, help="sampling temperature (0 = greedy)")
     parser.add_argument("--top-p", type=float, help="nucleus sampling mass in (0, 1]")
     parser.add_argument("--seed", type=int, help="random seed for reproducible sampling")
-    parser.add_argument("--n", type=int, default=1, help="parallel samples")
+    parser.add_argument("--n", type=int, default=None,
+                        help="parallel samples (default: the routing policy's)")
     parser.add_argument("--thinking", action=argparse.BooleanOptionalAction, default=None,
                         help="ask the model to think before answering (or not)")
     parser.add_argument("--max-thinking-tokens", type=int, help="thinking budget per sample")
@@ -71,6 +72,8 @@ class Result:
             "request_id": self.request_id,
             "model": self.routing.model if self.routing else None,
             "difficulty": self.routing.difficulty if self.routing else None,
+            "estimator": self.routing.estimator if self.routing else None,
+            "reason": self.routing.reason if self.routing else None,
             "samples": [{"index": i, "text": self.answer(i), "thinking": "".join(self.thoughts.get(i, [])),
                          "finish_reason": self.finish.get(i, ("", ""))[0],
                          "finish_detail": self.finish.get(i, ("", ""))[1]} for i in indices],
@@ -111,7 +114,8 @@ def build_request(args: argparse.Namespace, *, prompt: str | None = None,
         value = getattr(args, name)
         if value is not None:
             setattr(target, name, value)
-    sampling.n = args.n
+    if args.n is not None:
+        sampling.n = args.n
     return request
 
 
@@ -153,13 +157,15 @@ def stream_request(stub, request: inference_pb2.GenerateRequest, metadata, timeo
     return result
 
 
-def print_summary(result: Result, num_samples: int) -> None:
-    """Prints the other samples (when n > 1), then timings and usage, to stderr."""
-    for index in range(1, num_samples):
+def print_summary(result: Result) -> None:
+    """Prints the other samples (when several came back), then routing, timings and usage, to stderr."""
+    for index in sorted(set(result.answers) - {0}):
         print(f"\n--- sample {index} ---\n{result.answer(index)}", file=sys.stderr)
     parts = []
     if result.routing is not None:
-        parts.append(f"model {result.routing.model} (difficulty {result.routing.difficulty:.2f})")
+        parts.append(f"model {result.routing.model} (difficulty {result.routing.difficulty:.2f}"
+                     f"{', ' + result.routing.estimator if result.routing.estimator else ''}): "
+                     f"{result.routing.reason}")
     if result.ttft_s is not None:
         parts.append(f"ttft {result.ttft_s * 1000:.1f} ms")
     itl = _itl_summary(result.itl_s)
@@ -189,7 +195,7 @@ def _report_error(exc: grpc.RpcError) -> None:
 
 
 def _validate(args: argparse.Namespace) -> None:
-    if args.n < 1:
+    if args.n is not None and args.n < 1:
         raise SystemExit("error: --n must be >= 1")
     if args.max_tokens is not None and args.max_tokens < 1:
         raise SystemExit("error: --max-tokens must be >= 1")
@@ -217,7 +223,7 @@ def _one_turn(stub, args, metadata, request) -> Result | None:
     if args.json:
         print(json.dumps(result.to_json()))
     else:
-        print_summary(result, args.n)
+        print_summary(result)
     return result
 
 

@@ -1,6 +1,9 @@
-"""`tandem serve`: a router and N prefill + M decode workers as local processes.
+"""`tandem serve`: a router and N prefill + M decode workers as local processes, per model tier.
 
-KV moves between the workers over UCX on loopback. The cluster waits until every component is
+One tier (`--model`, `--prefill`, `--decode`) or several (`--tier NAME=MODEL[:prefill=N,decode=M]`
+repeated, with `--policy` and `--estimator` to route between them): each tier's workers serve its
+model under the tier's name, and the one router serves every tier. KV moves between the workers
+over UCX on loopback. The cluster waits until every component is
 ready, prints where to connect, and stops everything cleanly on Ctrl-C. Router -> worker calls
 carry a worker token: $TANDEM_WORKER_TOKEN_FILE's, or a new one written to the run folder (mode
 0600). Tests and the demo use `LocalCluster` directly.
@@ -11,6 +14,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import signal
 import tempfile
 import threading
@@ -25,15 +29,35 @@ log = logging.getLogger(__name__)
 
 # UCX over TCP on loopback works everywhere; shared memory ("sm,self") is faster where allowed.
 DEFAULT_UCX_ENV = {"UCX_TLS": "tcp,self", "UCX_NET_DEVICES": "lo", "UCX_WARN_UNUSED_ENV_VARS": "n"}
+TIER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+@dataclass(slots=True)
+class TierConfig:
+    """One model tier: its served name, model and pool sizes."""
+
+    name: str
+    model: str
+    num_prefill: int = 1
+    num_decode: int = 1
+
+    def __post_init__(self) -> None:
+        if not TIER_NAME.fullmatch(self.name):
+            raise ValueError(f"tier name {self.name!r}: use letters, digits, '.', '_' and '-'")
+        if self.num_prefill < 0 or self.num_decode < 1:
+            raise ValueError(f"tier {self.name}: need at least one decode worker and no negative "
+                             f"pool size, got prefill={self.num_prefill} decode={self.num_decode}")
 
 
 @dataclass(slots=True)
 class LocalClusterConfig:
-    """What to start."""
+    """What to start: one tier (model, num_prefill, num_decode) or several (tiers)."""
 
     model: str = "tiny"
     num_prefill: int = 1
     num_decode: int = 1
+    # Several tiers; when given, model, num_prefill and num_decode are not used.
+    tiers: list[TierConfig] = field(default_factory=list)
     grpc_port: int = 0
     http_port: int = 0
     num_blocks: int = 512
@@ -53,6 +77,9 @@ class LocalClusterConfig:
         if self.num_prefill < 0 or self.num_decode < 1:
             raise ValueError(f"need at least one decode worker and no negative pool size, got "
                              f"prefill={self.num_prefill} decode={self.num_decode}")
+        names = [tier.name for tier in self.tiers]
+        if len(set(names)) != len(names):
+            raise ValueError(f"tier names must be unique, got {names}")
 
 
 class LocalCluster:
@@ -62,10 +89,15 @@ class LocalCluster:
         self.config = config
         self.run_dir = Path(run_dir or tempfile.mkdtemp(prefix="tandem-"))
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.model_dir = resolve_model_dir(config.model)
+        # Tier name (None: the single tier, served under its folder's name) -> model folder.
+        self.model_dirs = ({tier.name: resolve_model_dir(tier.model) for tier in config.tiers}
+                           if config.tiers else {None: resolve_model_dir(config.model)})
+        self.model_dir = next(iter(self.model_dirs.values()))
         self.worker_token_file = self._worker_token_file()
         self.prefill: list[ChildProcess] = []
         self.decode: list[ChildProcess] = []
+        # Tier name -> its workers (prefill and decode).
+        self.tier_workers: dict[str | None, list[ChildProcess]] = {}
         self.router: ChildProcess | None = None
 
     def __enter__(self) -> LocalCluster:
@@ -82,12 +114,16 @@ class LocalCluster:
     def start(self) -> None:
         """Starts the workers, waits for them, then starts the router and waits for it."""
         env = {**DEFAULT_UCX_ENV, **self.config.env}
-        for index in range(self.config.num_decode):
-            self.decode.append(start_child(f"decode-{index}", self._worker_args("decode", index),
-                                           self.run_dir, env))
-        for index in range(self.config.num_prefill):
-            self.prefill.append(start_child(f"prefill-{index}", self._worker_args("prefill", index),
-                                            self.run_dir, env))
+        for tier_name, num_prefill, num_decode in self.pools():
+            workers = self.tier_workers.setdefault(tier_name, [])
+            for role, count, started in (("decode", num_decode, self.decode),
+                                         ("prefill", num_prefill, self.prefill)):
+                for index in range(count):
+                    name = f"{tier_name}-{role}-{index}" if tier_name else f"{role}-{index}"
+                    child = start_child(name, self._worker_args(role, name, tier_name),
+                                        self.run_dir, env)
+                    started.append(child)
+                    workers.append(child)
         wait_ready(self.prefill + self.decode, self.config.ready_timeout_s)
         self.router = start_child("router", self._router_args(), self.run_dir, env)
         wait_ready([self.router], self.config.ready_timeout_s)
@@ -124,11 +160,19 @@ class LocalCluster:
         path = self.run_dir / "worker-token"
         return path if path.exists() else write_token_file(path)
 
-    def _worker_args(self, role: str, index: int) -> list[str]:
-        args = [role, "--model", str(self.model_dir), "--host", "127.0.0.1", "--grpc-port", "0",
-                "--worker-token-file", str(self.worker_token_file),
-                "--worker-id", f"{role}-{index}", "--num-blocks", str(self.config.num_blocks),
+    def pools(self) -> list[tuple[str | None, int, int]]:
+        """(tier name, prefill workers, decode workers) per tier; None names the single tier."""
+        if self.config.tiers:
+            return [(t.name, t.num_prefill, t.num_decode) for t in self.config.tiers]
+        return [(None, self.config.num_prefill, self.config.num_decode)]
+
+    def _worker_args(self, role: str, worker_id: str, tier_name: str | None) -> list[str]:
+        args = [role, "--model", str(self.model_dirs[tier_name]), "--host", "127.0.0.1",
+                "--grpc-port", "0", "--worker-token-file", str(self.worker_token_file),
+                "--worker-id", worker_id, "--num-blocks", str(self.config.num_blocks),
                 "--block-size", str(self.config.block_size), *self.config.worker_args]
+        if tier_name is not None:
+            args += ["--model-name", tier_name]
         if role == "decode":
             args += ["--kv-host", "127.0.0.1", "--kv-port", "0", *self.config.decode_args]
         else:
@@ -136,7 +180,10 @@ class LocalCluster:
         return args
 
     def _router_args(self) -> list[str]:
-        return ["router", "--model", str(self.model_dir), "--host", "127.0.0.1",
+        models = (["--model", str(self.model_dir)] if None in self.model_dirs else
+                  [arg for name, folder in self.model_dirs.items()
+                   for arg in ("--tier", f"{name}={folder}")])
+        return ["router", *models, "--host", "127.0.0.1",
                 "--worker-token-file", str(self.worker_token_file),
                 "--grpc-port", str(self.config.grpc_port), "--http-port", str(self.config.http_port),
                 "--discovery", "static",
@@ -151,6 +198,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="tiny", help="model folder, or 'tiny' (generated)")
     parser.add_argument("--prefill", type=int, default=1, help="prefill workers")
     parser.add_argument("--decode", type=int, default=1, help="decode workers")
+    parser.add_argument("--tier", action="append", default=[], type=parse_tier,
+                        metavar="NAME=MODEL[:prefill=N,decode=M]",
+                        help="a model tier with its own workers (default 1 prefill, 1 decode), "
+                             "served as NAME; repeat for several (instead of --model, --prefill "
+                             "and --decode)")
+    parser.add_argument("--policy", default=None,
+                        help="routing policy YAML whose bands name the tiers (needs --estimator)")
+    parser.add_argument("--estimator", default=None, help="trained difficulty estimator folder")
     parser.add_argument("--grpc-port", type=int, default=50051, help="router gRPC port")
     parser.add_argument("--http-port", type=int, default=8000, help="router HTTP port")
     parser.add_argument("--num-blocks", type=int, default=512, help="KV blocks per worker")
@@ -167,16 +222,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Starts the cluster and blocks until Ctrl-C or SIGTERM."""
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    router_args = ["--migration-limit", str(args.migration_limit)]
+    for flag, value in (("--policy", args.policy), ("--estimator", args.estimator)):
+        if value is not None:
+            router_args += [flag, value]
     config = LocalClusterConfig(model=args.model, num_prefill=args.prefill, num_decode=args.decode,
-                                grpc_port=args.grpc_port, http_port=args.http_port,
-                                num_blocks=args.num_blocks, env={"UCX_TLS": args.ucx_tls},
-                                router_args=["--migration-limit", str(args.migration_limit)],
+                                tiers=args.tier, grpc_port=args.grpc_port,
+                                http_port=args.http_port, num_blocks=args.num_blocks,
+                                env={"UCX_TLS": args.ucx_tls}, router_args=router_args,
                                 worker_token_file=args.worker_token_file)
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
     with LocalCluster(config, Path(args.run_dir) if args.run_dir else None) as cluster:
-        print(f"Tandem is ready: {args.prefill} prefill + {args.decode} decode workers\n"
+        pools = ", ".join(f"{name or cluster.model_dir.name}: {p} prefill + {d} decode"
+                          for name, p, d in cluster.pools())
+        print(f"Tandem is ready ({pools})\n"
               f"  gRPC     {cluster.grpc_address}   (tandem generate --router {cluster.grpc_address} 'Hi')\n"
               f"  OpenAI   {cluster.http_url}\n"
               f"  logs     {cluster.run_dir}\n"
@@ -185,3 +246,20 @@ def run(args: argparse.Namespace) -> int:
         stop.wait()
         print("stopping...", flush=True)
     return 0
+
+
+def parse_tier(text: str) -> TierConfig:
+    """`NAME=MODEL[:prefill=N,decode=M]` (the --tier flag) as a TierConfig."""
+    name, _, model = text.partition("=")
+    sizes: dict[str, int] = {}
+    head, colon, options = model.rpartition(":")
+    if colon and re.fullmatch(r"(prefill|decode)=\d+(,(prefill|decode)=\d+)?", options):
+        model = head
+        sizes = {key: int(value) for key, value in (o.split("=") for o in options.split(","))}
+    if not name or not model:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME=MODEL[:prefill=N,decode=M]")
+    try:
+        return TierConfig(name, model, num_prefill=sizes.get("prefill", 1),
+                          num_decode=sizes.get("decode", 1))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None

@@ -57,6 +57,7 @@ def make_tiny_model(out_dir: str | Path, arch: str = "llama", seed: int = 0, num
     (out_dir / "generation_config.json").write_text(json.dumps(_generation_config(raw_config), indent=2) + "\n")
     tensors = random_weights(ModelConfig.from_dict(raw_config), seed)
     _save_weights(out_dir, tensors, num_shards)
+    _make_readable(out_dir)
     return out_dir
 
 
@@ -138,6 +139,12 @@ def _save_weights(out_dir: Path, tensors: dict[str, torch.Tensor], num_shards: i
     total_size = sum(t.numel() * t.element_size() for t in tensors.values())
     index = {"metadata": {"total_size": total_size}, "weight_map": weight_map}
     (out_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+
+
+def _make_readable(out_dir: Path) -> None:
+    # safetensors writes 0600; a model folder on a shared volume is read by other users (pods).
+    for path in out_dir.glob("*.safetensors"):
+        path.chmod(0o644)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

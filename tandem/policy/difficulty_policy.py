@@ -118,6 +118,12 @@ class DifficultyPolicy:
     tenant_bands: Mapping[str, tuple[Band, ...]]
     probe_weight: float
 
+    @property
+    def tiers(self) -> set[str]:
+        """Every tier some band routes to (tenant bands and tier maps included)."""
+        bands = [*self.bands, *(b for tenant in self.tenant_bands.values() for b in tenant)]
+        return {band.tier for band in bands}
+
     def bands_for(self, tenant_name: str | None) -> tuple[Band, ...]:
         """The tenant's bands, or the default ones for an unknown or absent tenant."""
         return self.tenant_bands.get(tenant_name, self.bands) if tenant_name else self.bands

@@ -6,7 +6,10 @@ the autoscaler gets the same signals, at the same granularity, live and in simul
 
 Latency is measured where users see it, at the router (labelled with the model it served): the
 time to first token is the prefill pool's signal and the time between tokens the decode pool's,
-as the Dynamo planner does with its frontend's TTFT and ITL.
+as the Dynamo planner does with its frontend's TTFT and ITL. Prefill work waits in two places:
+the prefill workers' queues and the decode workers' own (the router prefills a prompt on its
+decode worker when the prompt is short or the prefill pool is saturated), so a prefill pool's
+queued prompt tokens include those queued on the decode workers of its tier.
 """
 
 from __future__ import annotations
@@ -70,9 +73,10 @@ class PoolLoadReader:
         self._workers: dict[str, _Scraped] = {}
         self._routers: dict[str, _Scraped] = {}
 
-    def read(self, now: float, workers: Mapping[str, Samples],
-             routers: Mapping[str, Samples]) -> PoolLoad:
-        """The load at `now` from the pool's ready worker pods and the router pods, by pod id."""
+    def read(self, now: float, workers: Mapping[str, Samples], routers: Mapping[str, Samples],
+             decode_workers: Mapping[str, Samples] | None = None) -> PoolLoad:
+        """The load at `now` from the pool's ready worker pods and the router pods, by pod id
+        (for a prefill pool, also the prompt tokens queued on its tier's `decode_workers`)."""
         phase = self.phase.value
         totals = dict.fromkeys(("num_queued_prompt_tokens", "prefill_tokens_per_s",
                                 "num_running_seqs", "num_waiting_seqs", "num_kv_blocks_used",
@@ -89,6 +93,9 @@ class PoolLoadReader:
             if before is not None:
                 increase = delta(scraped.prefill_tokens, before.prefill_tokens)
                 totals["prefill_tokens_per_s"] += increase / (now - before.time)
+        for samples in (decode_workers or {}).values():
+            totals["num_queued_prompt_tokens"] += sum_samples(
+                samples, "tandem_queue_prompt_tokens", phase="decode")
         latency = self._latency_p90(now, routers)
         _forget_except(self._workers, workers)
         _forget_except(self._routers, routers)

@@ -121,7 +121,11 @@ class ScalingDriver:
         (draining ones are terminating pods, not scraped) and the router."""
         model = self.config.model
         workers = {m.machine_id: machine_samples(m, pool.phase, model) for m in pool.routable}
-        load = self.readers[pool.name].read(now, workers, router)
+        decode_workers = None
+        if pool.phase is autoscaling.Phase.PREFILL:
+            decode_workers = {m.machine_id: machine_samples(m, autoscaling.Phase.DECODE, model)
+                              for m in self.sim.decode_pool.routable}
+        load = self.readers[pool.name].read(now, workers, router, decode_workers)
         return to_pool_metrics(pool.phase, load, len(pool.routable), pool.desired)
 
     def _apply(self, pool: Pool, target: int, now: float) -> None:

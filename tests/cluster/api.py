@@ -137,7 +137,8 @@ def merge_patch(target: Any, patch: Any) -> Any:
 async def serve_tls(emulator: ClusterEmulator, host: str, port: int,
                     cert: ServingCert) -> aiohttp.web.BaseRunner:
     """Serves the emulator over HTTPS at host:port (the pods' way in); returns the runner to close."""
-    runner = aiohttp.web.ServerRunner(aiohttp.web.Server(emulator))
+    # Watches never end by themselves: do not wait for them when the cluster stops.
+    runner = aiohttp.web.ServerRunner(aiohttp.web.Server(emulator), shutdown_timeout=1.0)
     await runner.setup()
     site = aiohttp.web.TCPSite(runner, host, port, ssl_context=cert.server_context())
     await site.start()

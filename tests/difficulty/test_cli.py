@@ -45,6 +45,19 @@ def test_eval_prints_the_routellm_metrics_as_json(capsys, tmp_path):
 
 
 @needs_mmlu
+def test_eval_holds_out_whole_subjects(capsys):
+    status = main(["difficulty", "eval", *DATA, "--estimator", "features", "--folds", "3",
+                   "--split", "domain", "--limit", "1500", "--json"])
+    assert status == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["split"] == "domain" and report["num_domains"] == 57
+    assert len(report["per_fold"]) == 3
+    assert main(["difficulty", "eval", *DATA, "--split", "domain", "--folds", "58",
+                 "--limit", "600"]) == 2
+    assert "folds <= domains" in capsys.readouterr().err
+
+
+@needs_mmlu
 def test_train_writes_an_estimator_the_router_loads(capsys, tmp_path):
     out = tmp_path / "features"
     assert main(["difficulty", "train", *DATA, "--limit", "600", "--out", str(out)]) == 0
@@ -67,7 +80,7 @@ def test_bad_arguments_get_one_clear_line(capsys, tmp_path):
     assert "no CSV file matches" in capsys.readouterr().err
 
 
-def test_train_probe_on_a_model_folder_for_the_prefill_worker(capsys, tmp_path):
+def test_train_probe_on_a_model_folder_for_the_prefill_worker(capsys, tmp_path, monkeypatch):
     import torch
 
     from tandem.engine.tiny_model import make_tiny_model
@@ -83,12 +96,15 @@ def test_train_probe_on_a_model_folder_for_the_prefill_worker(capsys, tmp_path):
             writer.writerow([f"Item {row}: " + ("prove the lemma " if hard else "name the city ")
                              * (1 + row % 4), not hard, True])
     out = tmp_path / "probe"
+    monkeypatch.setenv("TANDEM_CACHE", str(tmp_path / "cache"))
     assert main(["difficulty", "train", "--data", str(data), "--weak-col", "weak",
                  "--strong-col", "strong", "--estimator", "probe", "--model", str(model_dir),
-                 "--out", str(out)]) == 0
+                 "--prompt-format", "chat", "--out", str(out)]) == 0
     assert json.loads(capsys.readouterr().out)["estimator"] == "probe"
     head = ProbeHead.load(out)
     assert head.metadata["hidden_states"] == f"engine:{model_dir.resolve()}"
+    assert head.metadata["prompt_format"] == "chat"
+    assert list((tmp_path / "cache" / "hidden_states").glob("*-chat-context/*.npz"))
     hidden = np.zeros(head.hidden_size, dtype=np.float32)
     assert head.score_hidden(hidden[None]).shape == (1,)
 

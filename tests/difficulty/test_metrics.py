@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from tandem.difficulty.heads import calibrate, percentile_table
-from tandem.difficulty.training.crossval import assign_folds
+from tandem.difficulty.training.crossval import (Split, assign_domain_folds, assign_folds,
+                                                 cross_validate)
 from tandem.difficulty.training.data import RoutingDataset
 from tandem.difficulty.training.metrics import (apgr, cpt, oracle_scores, quality_curve,
                                                 random_routing_metrics, routing_metrics)
@@ -111,3 +112,42 @@ def test_folds_are_seeded_stratified_and_keep_duplicates_together():
     for i in range(10):
         assert folds[i] == folds[i + 90]
     assert np.bincount(folds).min() >= 18
+
+
+class RecordingEstimator:
+    """Scores by prompt length and remembers what each fold trained on and scored."""
+
+    name = "recording"
+    trained: list[set[str]] = []
+    trained_prompts: list[set[str]] = []
+
+    def fit(self, dataset):
+        RecordingEstimator.trained.append(set(dataset.domains))
+        RecordingEstimator.trained_prompts.append(set(dataset.prompts))
+        return self
+
+    def score(self, prompts):
+        return np.array([len(p) / 100 for p in prompts])
+
+
+def test_domain_held_out_folds_never_train_on_a_tested_domain():
+    domains = [f"subject_{i % 12}" for i in range(240)]
+    prompts = [f"{d} question {i}" for i, d in enumerate(domains)]
+    prompts[5] = prompts[6]  # one prompt text in two subjects (5 % 12 != 6 % 12)
+    rng = np.random.default_rng(1)
+    dataset = RoutingDataset(prompts, rng.random(240) < 0.6, rng.random(240) < 0.8, domains)
+    folds = assign_domain_folds(dataset, 4, seed=3)
+    np.testing.assert_array_equal(folds, assign_domain_folds(dataset, 4, seed=3))
+    for domain in set(domains):
+        assert len({folds[i] for i, d in enumerate(domains) if d == domain}) == 1
+    assert sorted(np.unique(folds)) == [0, 1, 2, 3] and np.bincount(folds).min() >= 40
+    RecordingEstimator.trained, RecordingEstimator.trained_prompts = [], []
+    validation = cross_validate(RecordingEstimator, dataset, 4, seed=3, split=Split.DOMAIN)
+    for fold, (trained, trained_prompts) in enumerate(zip(RecordingEstimator.trained,
+                                                          RecordingEstimator.trained_prompts)):
+        tested = {i for i in range(240) if folds[i] == fold}
+        assert trained.isdisjoint({domains[i] for i in tested})
+        assert trained_prompts.isdisjoint({prompts[i] for i in tested})
+    assert len(validation.per_fold) == 4
+    with pytest.raises(ValueError, match="folds <= domains"):
+        assign_domain_folds(dataset, 13, seed=0)

@@ -12,7 +12,7 @@ import pytest
 from tandem.difficulty.base import load_estimator
 from tandem.difficulty.probe import ProbeHead
 from tandem.difficulty.training.data import RoutingDataset
-from tandem.difficulty.training.hidden_states import EngineHiddenStates
+from tandem.difficulty.training.hidden_states import CachedHiddenStates, EngineHiddenStates
 from tandem.difficulty.training.metrics import routing_metrics
 from tandem.difficulty.training.probe_estimator import ProbeEstimator
 
@@ -127,3 +127,31 @@ def test_a_probe_trains_on_engine_states_and_loads_for_the_prefill_worker(tiny_m
     np.testing.assert_array_equal(head.score_hidden(source(prompts)), estimator.score(prompts))
     assert head.metadata["hidden_states"] == "engine:tiny"
     assert estimator.score(prompts)[hard].mean() > estimator.score(prompts)[~hard].mean()
+
+
+def test_hidden_states_are_cached_per_model_and_prompt_format(tiny_model, tmp_path, monkeypatch):
+    import torch
+
+    torch.set_num_threads(1)
+    prompts = ["What is the capital of France?", "Prove that 17 is prime.", "Name a colour."]
+    plain = CachedHiddenStates(EngineHiddenStates(tiny_model), root=tmp_path)
+    first = plain(prompts[:2])
+    np.testing.assert_array_equal(first, EngineHiddenStates(tiny_model)(prompts[:2]))
+    chat = CachedHiddenStates(EngineHiddenStates(tiny_model, prompt_format="chat"), root=tmp_path)
+    assert chat.cache.folder != plain.cache.folder
+    assert not np.allclose(chat(prompts[:1]), first[:1])  # the chat template changes the tokens
+
+    computed: list[list[str]] = []
+    original = EngineHiddenStates.__call__
+
+    def counting(self, batch):
+        computed.append(list(batch))
+        return original(self, batch)
+
+    monkeypatch.setattr(EngineHiddenStates, "__call__", counting)
+    reopened = CachedHiddenStates(EngineHiddenStates(tiny_model), root=tmp_path)
+    states = reopened(prompts[::-1])
+    assert computed == [[prompts[2]]]  # only the prompt never seen before is run
+    np.testing.assert_array_equal(states[1:], first[::-1])
+    with pytest.raises(ValueError, match="router's tokenization"):
+        CachedHiddenStates(EngineHiddenStates(tiny_model, tokenize=plain_tokenizer(tiny_model)))

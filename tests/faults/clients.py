@@ -76,8 +76,7 @@ async def send_grpc(channel: grpc.aio.Channel, body: RequestBody, outcome: Outco
 
 
 def _add_grpc_response(outcome: Outcome, response: inference_pb2.GenerateResponse) -> bool:
-    if response.request_id:
-        outcome.echoed_ids.add(response.request_id)
+    outcome.echoed_ids.add(response.request_id)
     if response.sample_index == 0:
         outcome.token_ids.extend(response.token_ids)
         outcome.text += response.text

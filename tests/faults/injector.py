@@ -10,7 +10,7 @@ import aiohttp
 
 from tests.faults.clients import now
 from tests.faults.cluster import FaultCluster
-from tests.faults.probes import CANARY_METRIC, metric_total, scrape
+from tests.faults.probes import CANARY_METRIC, has_metric, metric_total, scrape
 from tests.faults.fault_plan import KILL, FaultSpec
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ class CanaryTally:
     """Canary violations counted by the workers, including those of workers later killed."""
 
     before_kills: float = 0.0
-    is_lost: bool = False  # a killed worker's count could not be read
+    is_lost: bool = False  # a worker's count could not be read (or it exposes no canary counter)
 
 
 async def play_fault(cluster: FaultCluster, fault: FaultSpec, t0: float, windows: list[FaultWindow],
@@ -82,7 +82,10 @@ async def play_fault(cluster: FaultCluster, fault: FaultSpec, t0: float, windows
 async def _count_before_kill(cluster: FaultCluster, name: str, canary: CanaryTally,
                              session: aiohttp.ClientSession) -> None:
     try:
-        canary.before_kills += metric_total(await scrape(session, cluster.metrics_url(name)), CANARY_METRIC)
+        samples = await scrape(session, cluster.metrics_url(name))
     except (aiohttp.ClientError, TimeoutError) as exc:
         log.warning("cannot read %s's canary count before killing it: %s", name, exc)
         canary.is_lost = True
+        return
+    canary.before_kills += metric_total(samples, CANARY_METRIC)
+    canary.is_lost |= not has_metric(samples, CANARY_METRIC)

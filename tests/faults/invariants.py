@@ -82,7 +82,8 @@ def check_run(record: RunRecord) -> list[Violation]:
         violations.append(Violation("canary", f"{record.canary_total:g} KV writes or changes found in "
                                               f"released blocks (tandem_kv_canary_violations_total)"))
     if record.canary_lost:
-        violations.append(Violation("harness", "a killed worker's canary count could not be read"))
+        violations.append(Violation("canary", "a worker's canary count could not be read (or it exposes "
+                                              "no tandem_kv_canary_violations_total): writes may go unseen"))
     violations += _check_labels(record)
     violations += [Violation("rejoin", problem) for problem in record.rejoin_problems]
     return violations
@@ -188,7 +189,8 @@ def _check_served(record: RunRecord, spec: RequestSpec, outcome: Outcome,
                                           f"{cls} ({status_text}, finish {outcome.finish_reasons}); "
                                           f"allowed {sorted(allowed)} given {why}", spec.index))
     body = record.bodies[spec.index]
-    if body.request_id and outcome.echoed_ids - {body.request_id}:
+    is_echo_missing = outcome.status == "OK" and not outcome.echoed_ids
+    if body.request_id and (outcome.echoed_ids - {body.request_id} or is_echo_missing):
         found.append(Violation("echo", f"sent request id {body.request_id[:80]!r}, responses carried "
                                        f"{sorted(i[:80] for i in outcome.echoed_ids)}", spec.index))
     kind = KINDS_BY_NAME.get(spec.kind)

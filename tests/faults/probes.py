@@ -53,3 +53,8 @@ async def scrape(session: aiohttp.ClientSession, url: str) -> list[tuple[str, di
 def metric_total(samples: list[tuple[str, dict[str, str], float]], name: str) -> float:
     """The sum of one metric over all its label sets (0 when absent)."""
     return sum(value for sample_name, _, value in samples if sample_name == name)
+
+
+def has_metric(samples: list[tuple[str, dict[str, str], float]], name: str) -> bool:
+    """Whether the endpoint exposes the metric at all."""
+    return any(sample_name == name for sample_name, _, _ in samples)

@@ -18,7 +18,8 @@ from tests.faults.fault_plan import KILL
 from tests.faults.hostile import KINDS_BY_NAME, hostile_body, worker_call
 from tests.faults.injector import CanaryTally, FaultWindow, play_fault
 from tests.faults.invariants import RunRecord, Violation, check_run, outcome_class
-from tests.faults.probes import CANARY_METRIC, metric_total, scrape, used_blocks, wait_for_blocks
+from tests.faults.probes import (CANARY_METRIC, has_metric, metric_total, scrape, used_blocks,
+                                 wait_for_blocks)
 from tests.faults.reference import expected_outputs
 from tests.faults.rejoin import check_rejoin
 from tests.faults.request_body import RequestBody
@@ -214,7 +215,9 @@ async def _canary_total(cluster: FaultCluster, canary: CanaryTally, session) -> 
         return None
     total = canary.before_kills
     for name in cluster.worker_names:
-        total += metric_total(await scrape(session, cluster.metrics_url(name)), CANARY_METRIC)
+        samples = await scrape(session, cluster.metrics_url(name))
+        total += metric_total(samples, CANARY_METRIC)
+        canary.is_lost |= not has_metric(samples, CANARY_METRIC)
     return total
 
 

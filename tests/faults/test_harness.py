@@ -126,3 +126,11 @@ def test_leaked_blocks_canary_hits_and_a_missing_canary_are_violations():
     assert _invariants(_record([_spec()], [_outcome()], blocks={"decode-1": (0, 3)})) == ["blocks"]
     assert _invariants(_record([_spec()], [_outcome()], canary=2.0)) == ["canary"]
     assert _invariants(_record([_spec()], [_outcome()], canary=None)) == ["canary"]
+
+
+def test_responses_must_carry_the_clients_request_id():
+    spec = _spec(request_id="alpha-1")
+    for echoed, expected in (({"alpha-1"}, []), ({""}, ["echo"]), ({"alpha-1", "x"}, ["echo"]), (set(), ["echo"])):
+        outcome = _outcome()
+        outcome.echoed_ids = set(echoed)
+        assert _invariants(_record([spec], [outcome])) == expected, echoed

@@ -22,6 +22,7 @@ from tests.operator.cluster import (
     IMAGE,
     NAMESPACE,
     PVCS,
+    SERVICES,
     TD,
     collect_garbage,
     create_td,
@@ -211,3 +212,44 @@ async def test_a_standby_replica_takes_over_when_the_active_one_leaves(cluster):
 
 def _peering_status(k8s) -> dict:
     return dict(k8s.objects[PEERINGS, None, "tandem-operator"].raw.get("status") or {})
+
+
+async def test_objects_deleted_by_hand_are_recreated(cluster):
+    async with running_operator():
+        await create_td(cluster, "llama", SPEC)
+        await wait_for(lambda: len(owned_names(cluster)) == 13)
+        await wait_for(lambda: _status(cluster).get("observedGeneration") == 1)
+        for resource, name in ((DEPLOYMENTS, "llama-default-decode"), (SERVICES, "llama-default-decode"),
+                               (CONFIGMAPS, "llama-router-policy")):
+            cluster.objects[resource, NAMESPACE, name].delete()
+        assert len(owned_names(cluster)) == 10
+        await wait_for(lambda: len(owned_names(cluster)) == 13)  # the next tick repairs the drift
+        assert live(cluster, DEPLOYMENTS)["llama-default-decode"]["spec"]["replicas"] == 3
+
+
+async def test_ready_needs_every_pool_and_a_problem_stays_until_resolved(cluster):
+    # Another controller's Deployment holds the decode pool's name: the router and prefill pool
+    # are created and ready, the decode pool is not.
+    cluster.objects[DEPLOYMENTS, NAMESPACE, "llama-default-decode"] = {
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "llama-default-decode", "namespace": NAMESPACE, "uid": "foreign",
+                     "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet",
+                                          "name": "other", "uid": "other", "controller": True}]},
+        "spec": {"replicas": 1}}
+    async with running_operator():
+        await create_td(cluster, "llama", SPEC)
+        await wait_for(lambda: _condition(cluster, "Degraded").get("reason") == "NameTaken")
+        mark_ready(cluster)
+        num_status_writes = len([r for r in cluster if r.resource == TD and r.subresource == "status"])
+        # Several ticks of the status loop (1 s each) later, the problem is still reported.
+        await wait_for(lambda: len([r for r in cluster if r.resource == TD and r.subresource == "status"])
+                       >= num_status_writes + 3)
+        assert _condition(cluster, "Degraded")["reason"] == "NameTaken"
+        assert "llama-default-decode" in _condition(cluster, "Degraded")["message"]
+        assert _condition(cluster, "Ready")["status"] == "False"
+
+        cluster.objects[DEPLOYMENTS, NAMESPACE, "llama-default-decode"].delete()  # resolved
+        await wait_for(lambda: "llama-default-decode" in live(cluster, DEPLOYMENTS)
+                       and _condition(cluster, "Degraded").get("status") == "False")
+        mark_ready(cluster)
+        await wait_for(lambda: _condition(cluster, "Ready").get("status") == "True")

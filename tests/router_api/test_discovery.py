@@ -62,6 +62,9 @@ async def test_endpoint_slices_initial_list_add_not_ready_and_delete(k8s_api, km
         "demo-decode-small", "decode", "small", {"decode-0": ("10.0.0.1", True), "decode-1": ("10.0.0.2", None)}))
     await api.create_namespaced_endpoint_slice(NAMESPACE, endpoint_slice(
         "other-decode", "decode", "small", {"other-0": ("10.9.9.9", True)}, deployment="other"))
+    # The router's own Service has a slice with the deployment label too: not a worker.
+    await api.create_namespaced_endpoint_slice(NAMESPACE, endpoint_slice(
+        "demo-router", "router", "small", {"router-0": ("10.0.2.1", True)}))
     # A long retry delay: every change below must arrive through the watch, not a re-list.
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", str(kmock.url).rstrip("/"))
@@ -90,7 +93,8 @@ async def test_endpoint_slices_initial_list_add_not_ready_and_delete(k8s_api, km
         assert ids(discovery.endpoints()) == {("prefill-0", "10.0.1.1:50051", "prefill", "small")}
         watches = [r for r in kmock["get"] if r.params.get("watch") == "true"]
         assert watches and all(r.headers.get("Authorization") == "Bearer not-a-secret" for r in watches)
-        assert all(r.params.get("labelSelector") == "tandem.dev/deployment=demo" for r in watches)
+        assert all(r.params.get("labelSelector")
+                   == "tandem.dev/deployment=demo,tandem.dev/role in (decode,prefill)" for r in watches)
     finally:
         await watch.aclose()
         await discovery.close()

@@ -37,7 +37,8 @@ def test_prefix_caching_is_on_for_tandem_only_by_default(perf_csv, design, expec
 def test_saturated_prefill_pool_with_shared_prefixes_keeps_its_books(perf_csv):
     # The router believes a prefix is cached on the decode machine before the machine has it
     # (its first prompt is still queued); prompts diverted from the saturated prefill pool must be
-    # counted with the tokens the machine really computes, or the autoscaler sees negative demand.
+    # queued with the tokens the machine really computes, or its queue gauge, which the
+    # autoscaler scrapes, goes wrong.
     config = SimConfig(design=Design.TANDEM, num_prefill=1, num_decode=1,
                        autoscale=AutoscaleMode.PHASE, autoscale_interval_s=0.2, perf_csv=perf_csv)
     result, summary = simulate(config, _shared_prefix_burst(40, spacing_s=0.01, num_prompt=4000))

@@ -24,19 +24,19 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19tandem/v1/inference.proto\x12\ttandem.v1\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"s\n\tChatInput\x12(\n\x08messages\x18\x01 \x03(\x0b\x32\x16.tandem.v1.ChatMessage\x12\"\n\x15\x61\x64\x64_generation_prompt\x18\x02 \x01(\x08H\x00\x88\x01\x01\x42\x18\n\x16_add_generation_prompt\"\x1f\n\nTokenInput\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\"\xad\x02\n\x0eSamplingParams\x12\x18\n\x0btemperature\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_k\x18\x03 \x01(\rH\x02\x88\x01\x01\x12\x11\n\x04seed\x18\x04 \x01(\x04H\x03\x88\x01\x01\x12\x0c\n\x04stop\x18\x05 \x03(\t\x12\x16\n\x0estop_token_ids\x18\x06 \x03(\r\x12\x10\n\x08logprobs\x18\x07 \x01(\x08\x12\x14\n\x0ctop_logprobs\x18\x08 \x01(\r\x12\t\n\x01n\x18\t \x01(\r\x12+\n\tselection\x18\n \x01(\x0e\x32\x18.tandem.v1.SelectionRule\x12\x13\n\x0bselection_m\x18\x0b \x01(\rB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x07\n\x05_seed\"\xe6\x01\n\x06\x42udget\x12\x17\n\nmax_tokens\x18\x01 \x01(\rH\x00\x88\x01\x01\x12 \n\x13max_thinking_tokens\x18\x02 \x01(\rH\x01\x88\x01\x01\x12\x15\n\x08thinking\x18\x03 \x01(\x08H\x02\x88\x01\x01\x12\x1d\n\x10\x64\x65\x61\x64line_seconds\x18\x04 \x01(\x01H\x03\x88\x01\x01\x12\x15\n\x08max_cost\x18\x05 \x01(\x01H\x04\x88\x01\x01\x42\r\n\x0b_max_tokensB\x16\n\x14_max_thinking_tokensB\x0b\n\t_thinkingB\x13\n\x11_deadline_secondsB\x0b\n\t_max_cost\"\xee\x01\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x10\n\x06prompt\x18\x02 \x01(\tH\x00\x12$\n\x04\x63hat\x18\x03 \x01(\x0b\x32\x14.tandem.v1.ChatInputH\x00\x12\'\n\x06tokens\x18\x04 \x01(\x0b\x32\x15.tandem.v1.TokenInputH\x00\x12+\n\x08sampling\x18\x05 \x01(\x0b\x32\x19.tandem.v1.SamplingParams\x12!\n\x06\x62udget\x18\x06 \x01(\x0b\x32\x11.tandem.v1.Budget\x12\x12\n\nrequest_id\x18\x07 \x01(\tB\x07\n\x05input\">\n\nTopLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\r\n\x05token\x18\x02 \x01(\t\x12\x0f\n\x07logprob\x18\x03 \x01(\x02\"d\n\x0cTokenLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\r\n\x05token\x18\x02 \x01(\t\x12\x0f\n\x07logprob\x18\x03 \x01(\x02\x12\"\n\x03top\x18\x04 \x03(\x0b\x32\x15.tandem.v1.TopLogprob\"t\n\x0bRoutingInfo\x12\r\n\x05model\x18\x01 \x01(\t\x12\x12\n\ndifficulty\x18\x02 \x01(\x02\x12\x18\n\x10probe_difficulty\x18\x03 \x01(\x02\x12\x11\n\testimator\x18\x04 \x01(\t\x12\x15\n\rdisaggregated\x18\x05 \x01(\x08\"\xaa\x01\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x1c\n\x14\x63\x61\x63hed_prompt_tokens\x18\x02 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x03 \x01(\r\x12\x17\n\x0fthinking_tokens\x18\x04 \x01(\r\x12\x15\n\ranswer_tokens\x18\x05 \x01(\r\x12\x13\n\x0bnum_samples\x18\x06 \x01(\r\x12\x0c\n\x04\x63ost\x18\x07 \x01(\x01\"\xc3\x02\n\x10GenerateResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x14\n\x0csample_index\x18\x02 \x01(\r\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x11\n\ttoken_ids\x18\x04 \x03(\r\x12)\n\x08logprobs\x18\x05 \x03(\x0b\x32\x17.tandem.v1.TokenLogprob\x12(\n\x07section\x18\x06 \x01(\x0e\x32\x17.tandem.v1.TokenSection\x12.\n\rfinish_reason\x18\x07 \x01(\x0e\x32\x17.tandem.v1.FinishReason\x12\'\n\x07routing\x18\x08 \x01(\x0b\x32\x16.tandem.v1.RoutingInfo\x12\x1f\n\x05usage\x18\t \x01(\x0b\x32\x10.tandem.v1.Usage\x12\x15\n\rfinish_detail\x18\n \x01(\t\"\x13\n\x11ListModelsRequest\"\x93\x01\n\tModelInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0bmax_context\x18\x02 \x01(\r\x12\"\n\x1aprice_per_1k_prompt_tokens\x18\x03 \x01(\x01\x12&\n\x1eprice_per_1k_completion_tokens\x18\x04 \x01(\x01\x12\x19\n\x11supports_thinking\x18\x05 \x01(\x08\":\n\x12ListModelsResponse\x12$\n\x06models\x18\x01 \x03(\x0b\x32\x14.tandem.v1.ModelInfo*z\n\rSelectionRule\x12\x1e\n\x1aSELECTION_RULE_UNSPECIFIED\x10\x00\x12!\n\x1dSELECTION_RULE_FIRST_FINISHED\x10\x01\x12&\n\"SELECTION_RULE_MAJORITY_OF_FIRST_M\x10\x02*\xcb\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x1a\n\x16\x46INISH_REASON_DEADLINE\x10\x03\x12\x16\n\x12\x46INISH_REASON_COST\x10\x04\x12\x1b\n\x17\x46INISH_REASON_CANCELLED\x10\x05\x12\x19\n\x15\x46INISH_REASON_CONTEXT\x10\x06*c\n\x0cTokenSection\x12\x1d\n\x19TOKEN_SECTION_UNSPECIFIED\x10\x00\x12\x1a\n\x16TOKEN_SECTION_THINKING\x10\x01\x12\x18\n\x14TOKEN_SECTION_ANSWER\x10\x02\x32\x9d\x01\n\tInference\x12\x45\n\x08Generate\x12\x1a.tandem.v1.GenerateRequest\x1a\x1b.tandem.v1.GenerateResponse0\x01\x12I\n\nListModels\x12\x1c.tandem.v1.ListModelsRequest\x1a\x1d.tandem.v1.ListModelsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19tandem/v1/inference.proto\x12\ttandem.v1\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"s\n\tChatInput\x12(\n\x08messages\x18\x01 \x03(\x0b\x32\x16.tandem.v1.ChatMessage\x12\"\n\x15\x61\x64\x64_generation_prompt\x18\x02 \x01(\x08H\x00\x88\x01\x01\x42\x18\n\x16_add_generation_prompt\"\x1f\n\nTokenInput\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\"\xb8\x02\n\x0eSamplingParams\x12\x18\n\x0btemperature\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_k\x18\x03 \x01(\rH\x02\x88\x01\x01\x12\x11\n\x04seed\x18\x04 \x01(\x04H\x03\x88\x01\x01\x12\x0c\n\x04stop\x18\x05 \x03(\t\x12\x16\n\x0estop_token_ids\x18\x06 \x03(\r\x12\x10\n\x08logprobs\x18\x07 \x01(\x08\x12\x14\n\x0ctop_logprobs\x18\x08 \x01(\r\x12\x0e\n\x01n\x18\t \x01(\rH\x04\x88\x01\x01\x12+\n\tselection\x18\n \x01(\x0e\x32\x18.tandem.v1.SelectionRule\x12\x13\n\x0bselection_m\x18\x0b \x01(\rB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x07\n\x05_seedB\x04\n\x02_n\"\xe6\x01\n\x06\x42udget\x12\x17\n\nmax_tokens\x18\x01 \x01(\rH\x00\x88\x01\x01\x12 \n\x13max_thinking_tokens\x18\x02 \x01(\rH\x01\x88\x01\x01\x12\x15\n\x08thinking\x18\x03 \x01(\x08H\x02\x88\x01\x01\x12\x1d\n\x10\x64\x65\x61\x64line_seconds\x18\x04 \x01(\x01H\x03\x88\x01\x01\x12\x15\n\x08max_cost\x18\x05 \x01(\x01H\x04\x88\x01\x01\x42\r\n\x0b_max_tokensB\x16\n\x14_max_thinking_tokensB\x0b\n\t_thinkingB\x13\n\x11_deadline_secondsB\x0b\n\t_max_cost\"\xee\x01\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x10\n\x06prompt\x18\x02 \x01(\tH\x00\x12$\n\x04\x63hat\x18\x03 \x01(\x0b\x32\x14.tandem.v1.ChatInputH\x00\x12\'\n\x06tokens\x18\x04 \x01(\x0b\x32\x15.tandem.v1.TokenInputH\x00\x12+\n\x08sampling\x18\x05 \x01(\x0b\x32\x19.tandem.v1.SamplingParams\x12!\n\x06\x62udget\x18\x06 \x01(\x0b\x32\x11.tandem.v1.Budget\x12\x12\n\nrequest_id\x18\x07 \x01(\tB\x07\n\x05input\">\n\nTopLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\r\n\x05token\x18\x02 \x01(\t\x12\x0f\n\x07logprob\x18\x03 \x01(\x02\"d\n\x0cTokenLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\r\n\x05token\x18\x02 \x01(\t\x12\x0f\n\x07logprob\x18\x03 \x01(\x02\x12\"\n\x03top\x18\x04 \x03(\x0b\x32\x15.tandem.v1.TopLogprob\"\x84\x01\n\x0bRoutingInfo\x12\r\n\x05model\x18\x01 \x01(\t\x12\x12\n\ndifficulty\x18\x02 \x01(\x02\x12\x18\n\x10probe_difficulty\x18\x03 \x01(\x02\x12\x11\n\testimator\x18\x04 \x01(\t\x12\x15\n\rdisaggregated\x18\x05 \x01(\x08\x12\x0e\n\x06reason\x18\x06 \x01(\t\"\xd3\x01\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x1c\n\x14\x63\x61\x63hed_prompt_tokens\x18\x02 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x03 \x01(\r\x12\x17\n\x0fthinking_tokens\x18\x04 \x01(\r\x12\x15\n\ranswer_tokens\x18\x05 \x01(\r\x12\x13\n\x0bnum_samples\x18\x06 \x01(\r\x12\x0c\n\x04\x63ost\x18\x07 \x01(\x01\x12\'\n\x07routing\x18\x08 \x01(\x0b\x32\x16.tandem.v1.RoutingInfo\"\xc3\x02\n\x10GenerateResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x14\n\x0csample_index\x18\x02 \x01(\r\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x11\n\ttoken_ids\x18\x04 \x03(\r\x12)\n\x08logprobs\x18\x05 \x03(\x0b\x32\x17.tandem.v1.TokenLogprob\x12(\n\x07section\x18\x06 \x01(\x0e\x32\x17.tandem.v1.TokenSection\x12.\n\rfinish_reason\x18\x07 \x01(\x0e\x32\x17.tandem.v1.FinishReason\x12\'\n\x07routing\x18\x08 \x01(\x0b\x32\x16.tandem.v1.RoutingInfo\x12\x1f\n\x05usage\x18\t \x01(\x0b\x32\x10.tandem.v1.Usage\x12\x15\n\rfinish_detail\x18\n \x01(\t\"\x13\n\x11ListModelsRequest\"\x93\x01\n\tModelInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0bmax_context\x18\x02 \x01(\r\x12\"\n\x1aprice_per_1k_prompt_tokens\x18\x03 \x01(\x01\x12&\n\x1eprice_per_1k_completion_tokens\x18\x04 \x01(\x01\x12\x19\n\x11supports_thinking\x18\x05 \x01(\x08\":\n\x12ListModelsResponse\x12$\n\x06models\x18\x01 \x03(\x0b\x32\x14.tandem.v1.ModelInfo*z\n\rSelectionRule\x12\x1e\n\x1aSELECTION_RULE_UNSPECIFIED\x10\x00\x12!\n\x1dSELECTION_RULE_FIRST_FINISHED\x10\x01\x12&\n\"SELECTION_RULE_MAJORITY_OF_FIRST_M\x10\x02*\xcb\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x1a\n\x16\x46INISH_REASON_DEADLINE\x10\x03\x12\x16\n\x12\x46INISH_REASON_COST\x10\x04\x12\x1b\n\x17\x46INISH_REASON_CANCELLED\x10\x05\x12\x19\n\x15\x46INISH_REASON_CONTEXT\x10\x06*c\n\x0cTokenSection\x12\x1d\n\x19TOKEN_SECTION_UNSPECIFIED\x10\x00\x12\x1a\n\x16TOKEN_SECTION_THINKING\x10\x01\x12\x18\n\x14TOKEN_SECTION_ANSWER\x10\x02\x32\x9d\x01\n\tInference\x12\x45\n\x08Generate\x12\x1a.tandem.v1.GenerateRequest\x1a\x1b.tandem.v1.GenerateResponse0\x01\x12I\n\nListModels\x12\x1c.tandem.v1.ListModelsRequest\x1a\x1d.tandem.v1.ListModelsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tandem.v1.inference_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SELECTIONRULE']._serialized_start=2028
-  _globals['_SELECTIONRULE']._serialized_end=2150
-  _globals['_FINISHREASON']._serialized_start=2153
-  _globals['_FINISHREASON']._serialized_end=2356
-  _globals['_TOKENSECTION']._serialized_start=2358
-  _globals['_TOKENSECTION']._serialized_end=2457
+  _globals['_SELECTIONRULE']._serialized_start=2097
+  _globals['_SELECTIONRULE']._serialized_end=2219
+  _globals['_FINISHREASON']._serialized_start=2222
+  _globals['_FINISHREASON']._serialized_end=2425
+  _globals['_TOKENSECTION']._serialized_start=2427
+  _globals['_TOKENSECTION']._serialized_end=2526
   _globals['_CHATMESSAGE']._serialized_start=40
   _globals['_CHATMESSAGE']._serialized_end=84
   _globals['_CHATINPUT']._serialized_start=86
@@ -44,27 +44,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TOKENINPUT']._serialized_start=203
   _globals['_TOKENINPUT']._serialized_end=234
   _globals['_SAMPLINGPARAMS']._serialized_start=237
-  _globals['_SAMPLINGPARAMS']._serialized_end=538
-  _globals['_BUDGET']._serialized_start=541
-  _globals['_BUDGET']._serialized_end=771
-  _globals['_GENERATEREQUEST']._serialized_start=774
-  _globals['_GENERATEREQUEST']._serialized_end=1012
-  _globals['_TOPLOGPROB']._serialized_start=1014
-  _globals['_TOPLOGPROB']._serialized_end=1076
-  _globals['_TOKENLOGPROB']._serialized_start=1078
-  _globals['_TOKENLOGPROB']._serialized_end=1178
-  _globals['_ROUTINGINFO']._serialized_start=1180
-  _globals['_ROUTINGINFO']._serialized_end=1296
-  _globals['_USAGE']._serialized_start=1299
-  _globals['_USAGE']._serialized_end=1469
-  _globals['_GENERATERESPONSE']._serialized_start=1472
-  _globals['_GENERATERESPONSE']._serialized_end=1795
-  _globals['_LISTMODELSREQUEST']._serialized_start=1797
-  _globals['_LISTMODELSREQUEST']._serialized_end=1816
-  _globals['_MODELINFO']._serialized_start=1819
-  _globals['_MODELINFO']._serialized_end=1966
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1968
-  _globals['_LISTMODELSRESPONSE']._serialized_end=2026
-  _globals['_INFERENCE']._serialized_start=2460
-  _globals['_INFERENCE']._serialized_end=2617
+  _globals['_SAMPLINGPARAMS']._serialized_end=549
+  _globals['_BUDGET']._serialized_start=552
+  _globals['_BUDGET']._serialized_end=782
+  _globals['_GENERATEREQUEST']._serialized_start=785
+  _globals['_GENERATEREQUEST']._serialized_end=1023
+  _globals['_TOPLOGPROB']._serialized_start=1025
+  _globals['_TOPLOGPROB']._serialized_end=1087
+  _globals['_TOKENLOGPROB']._serialized_start=1089
+  _globals['_TOKENLOGPROB']._serialized_end=1189
+  _globals['_ROUTINGINFO']._serialized_start=1192
+  _globals['_ROUTINGINFO']._serialized_end=1324
+  _globals['_USAGE']._serialized_start=1327
+  _globals['_USAGE']._serialized_end=1538
+  _globals['_GENERATERESPONSE']._serialized_start=1541
+  _globals['_GENERATERESPONSE']._serialized_end=1864
+  _globals['_LISTMODELSREQUEST']._serialized_start=1866
+  _globals['_LISTMODELSREQUEST']._serialized_end=1885
+  _globals['_MODELINFO']._serialized_start=1888
+  _globals['_MODELINFO']._serialized_end=2035
+  _globals['_LISTMODELSRESPONSE']._serialized_start=2037
+  _globals['_LISTMODELSRESPONSE']._serialized_end=2095
+  _globals['_INFERENCE']._serialized_start=2529
+  _globals['_INFERENCE']._serialized_end=2686
 # @@protoc_insertion_point(module_scope)

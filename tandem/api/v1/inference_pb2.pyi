@@ -145,21 +145,23 @@ class TokenLogprob(_message.Message):
     def __init__(self, token_id: _Optional[int] = ..., token: _Optional[str] = ..., logprob: _Optional[float] = ..., top: _Optional[_Iterable[_Union[TopLogprob, _Mapping]]] = ...) -> None: ...
 
 class RoutingInfo(_message.Message):
-    __slots__ = ("model", "difficulty", "probe_difficulty", "estimator", "disaggregated")
+    __slots__ = ("model", "difficulty", "probe_difficulty", "estimator", "disaggregated", "reason")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     DIFFICULTY_FIELD_NUMBER: _ClassVar[int]
     PROBE_DIFFICULTY_FIELD_NUMBER: _ClassVar[int]
     ESTIMATOR_FIELD_NUMBER: _ClassVar[int]
     DISAGGREGATED_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
     model: str
     difficulty: float
     probe_difficulty: float
     estimator: str
     disaggregated: bool
-    def __init__(self, model: _Optional[str] = ..., difficulty: _Optional[float] = ..., probe_difficulty: _Optional[float] = ..., estimator: _Optional[str] = ..., disaggregated: _Optional[bool] = ...) -> None: ...
+    reason: str
+    def __init__(self, model: _Optional[str] = ..., difficulty: _Optional[float] = ..., probe_difficulty: _Optional[float] = ..., estimator: _Optional[str] = ..., disaggregated: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class Usage(_message.Message):
-    __slots__ = ("prompt_tokens", "cached_prompt_tokens", "completion_tokens", "thinking_tokens", "answer_tokens", "num_samples", "cost")
+    __slots__ = ("prompt_tokens", "cached_prompt_tokens", "completion_tokens", "thinking_tokens", "answer_tokens", "num_samples", "cost", "routing")
     PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     CACHED_PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -167,6 +169,7 @@ class Usage(_message.Message):
     ANSWER_TOKENS_FIELD_NUMBER: _ClassVar[int]
     NUM_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     COST_FIELD_NUMBER: _ClassVar[int]
+    ROUTING_FIELD_NUMBER: _ClassVar[int]
     prompt_tokens: int
     cached_prompt_tokens: int
     completion_tokens: int
@@ -174,7 +177,8 @@ class Usage(_message.Message):
     answer_tokens: int
     num_samples: int
     cost: float
-    def __init__(self, prompt_tokens: _Optional[int] = ..., cached_prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., thinking_tokens: _Optional[int] = ..., answer_tokens: _Optional[int] = ..., num_samples: _Optional[int] = ..., cost: _Optional[float] = ...) -> None: ...
+    routing: RoutingInfo
+    def __init__(self, prompt_tokens: _Optional[int] = ..., cached_prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., thinking_tokens: _Optional[int] = ..., answer_tokens: _Optional[int] = ..., num_samples: _Optional[int] = ..., cost: _Optional[float] = ..., routing: _Optional[_Union[RoutingInfo, _Mapping]] = ...) -> None: ...
 
 class GenerateResponse(_message.Message):
     __slots__ = ("request_id", "sample_index", "text", "token_ids", "logprobs", "section", "finish_reason", "routing", "usage", "finish_detail")

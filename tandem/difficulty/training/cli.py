@@ -1,14 +1,17 @@
 """`tandem difficulty`: train and evaluate difficulty estimators on RouteLLM-format CSVs.
 
     tandem difficulty train --data CSV... --weak-col COL --strong-col COL \
-        [--estimator features|embedding|probe] [--model DIR] --out DIR
+        [--estimator features|embedding|probe] [--model DIR|GGUF|smollm2]
+        [--prompt-format plain|chat] --out DIR
     tandem difficulty eval --data CSV... --weak-col COL --strong-col COL \
-        [--estimator NAME] [--folds K] [--seed S] [--json] [--plot PNG] [--limit N]
+        [--estimator NAME] [--folds K] [--split prompt|domain] [--seed S] [--json] [--plot PNG]
+        [--limit N]
 
 CSV paths may be globs. `train` writes a folder that `load_estimator` (router) or, for the probe,
-`ProbeHead.load` (prefill worker) reads. `eval` cross-validates and prints APGR, CPT(50%) and
-CPT(80%) of the estimator, random routing and the oracle. Training and evaluation read MiniLM
-vectors through the on-disk embedding cache ($TANDEM_CACHE_DIR or ~/.cache/tandem).
+`ProbeHead.load` (prefill worker) reads. `eval` cross-validates (in-domain, or holding out whole
+domains with `--split domain`) and prints APGR, CPT(50%) and CPT(80%) of the estimator, random
+routing and the oracle. MiniLM vectors and a served model's hidden states are cached on disk
+under $TANDEM_CACHE (default ~/.cache/tandem).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import sys
 from collections.abc import Callable
 
 from tandem.difficulty.base import TrainableEstimator
+from tandem.difficulty.training.crossval import Split
 from tandem.difficulty.training.data import RoutingDataset, load_routing_csvs
 from tandem.difficulty.training.hidden_states import PROMPT_FORMATS
 
@@ -34,6 +38,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     evaluate = commands.add_parser("eval", help="cross-validate an estimator (APGR, CPT)")
     _add_common(evaluate)
     evaluate.add_argument("--folds", type=int, default=5, help="number of folds (default 5)")
+    evaluate.add_argument("--split", default="prompt", choices=[s.value for s in Split],
+                          help="prompt: in-domain folds (every domain in every fold); domain: "
+                               "hold out whole domains, i.e. CSV files such as MMLU subjects, so "
+                               "that no domain is both trained and tested on (default: prompt)")
     evaluate.add_argument("--seed", type=int, default=0, help="seed of folds and random routing")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate.add_argument("--plot", default=None, help="write quality vs strong calls to this PNG")
@@ -119,7 +127,8 @@ def _evaluate(make_estimator: Callable[[], TrainableEstimator], dataset: Routing
     from tandem.difficulty.training.evaluation import evaluate
     from tandem.difficulty.training.report import format_table, plot_quality
 
-    evaluation = evaluate(make_estimator, dataset, args.folds, args.seed, hidden_states)
+    evaluation = evaluate(make_estimator, dataset, args.folds, args.seed, hidden_states,
+                          Split(args.split))
     summary = evaluation.as_dict()
     if args.plot:
         summary["plot"] = str(plot_quality(evaluation, args.plot))

@@ -1,6 +1,7 @@
 """Evaluates a difficulty estimator as RouteLLM does, beside random routing and the oracle.
 
-The estimator is cross-validated (crossval.py): its out-of-fold scores route every prompt once.
+The estimator is cross-validated (crossval.py), in-domain or domain-held-out: its out-of-fold
+scores route every prompt once.
 Random routing is the mean (and 95% spread) of seeded random routers; the oracle sends exactly
 the prompts that only the strong model answers right. All three report APGR, CPT(50%) and
 CPT(80%) (metrics.py); the quality curves are kept for plotting.
@@ -16,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from tandem.difficulty.base import TrainableEstimator
-from tandem.difficulty.training.crossval import cross_validate
+from tandem.difficulty.training.crossval import Split, cross_validate
 from tandem.difficulty.training.data import RoutingDataset
 from tandem.difficulty.training.metrics import (QualityCurve, RoutingMetrics, oracle_scores,
                                                 quality_curve, random_routing_metrics,
@@ -34,6 +35,7 @@ class Evaluation:
     num_rows: int
     num_domains: int
     num_folds: int
+    split: Split
     seed: int
     weak_accuracy: float
     strong_accuracy: float
@@ -50,7 +52,7 @@ class Evaluation:
         return {
             "estimator": self.estimator, "hidden_states": self.hidden_states,
             "num_rows": self.num_rows, "num_domains": self.num_domains,
-            "num_folds": self.num_folds, "seed": self.seed,
+            "num_folds": self.num_folds, "split": self.split.value, "seed": self.seed,
             "weak_accuracy": self.weak_accuracy, "strong_accuracy": self.strong_accuracy,
             "metrics": {
                 self.estimator: self.estimator_metrics.as_dict(),
@@ -65,11 +67,12 @@ class Evaluation:
 
 
 def evaluate(make_estimator: Callable[[], TrainableEstimator], dataset: RoutingDataset,
-             num_folds: int = 5, seed: int = 0, hidden_states: str | None = None) -> Evaluation:
+             num_folds: int = 5, seed: int = 0, hidden_states: str | None = None,
+             split: Split = Split.PROMPT) -> Evaluation:
     """K-fold cross-validates the estimator and compares it with random routing and the oracle."""
     started = time.perf_counter()
     weak, strong = dataset.weak_correct, dataset.strong_correct
-    validation = cross_validate(make_estimator, dataset, num_folds, seed)
+    validation = cross_validate(make_estimator, dataset, num_folds, seed, Split(split))
     random_mean, random_spread = random_routing_metrics(weak, strong, NUM_RANDOM_DRAWS, seed)
     oracle = oracle_scores(weak, strong)
     name = make_estimator().name
@@ -78,7 +81,7 @@ def evaluate(make_estimator: Callable[[], TrainableEstimator], dataset: RoutingD
               "oracle": quality_curve(oracle, weak, strong)}
     return Evaluation(
         estimator=name, hidden_states=hidden_states, num_rows=len(dataset),
-        num_domains=len(set(dataset.domains)), num_folds=num_folds, seed=seed,
+        num_domains=len(set(dataset.domains)), num_folds=num_folds, split=Split(split), seed=seed,
         weak_accuracy=float(weak.mean()), strong_accuracy=float(strong.mean()),
         estimator_metrics=validation.pooled, per_fold=validation.per_fold,
         random_metrics=random_mean, random_half_width=random_spread,

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import pathlib
 
+from tandem.difficulty.training.crossval import Split
 from tandem.difficulty.training.evaluation import NUM_RANDOM_DRAWS, Evaluation
+
+SPLIT_NAMES = {Split.PROMPT: "in-domain", Split.DOMAIN: "domain-held-out"}
 
 
 def format_table(evaluation: Evaluation) -> str:
@@ -13,8 +16,9 @@ def format_table(evaluation: Evaluation) -> str:
     lines = [
         f"{evaluation.num_rows} prompts, {evaluation.num_domains} domains; weak accuracy "
         f"{evaluation.weak_accuracy:.3f}, strong accuracy {evaluation.strong_accuracy:.3f}",
-        f"estimator {evaluation.estimator}{source}: {evaluation.num_folds}-fold cross-validation, "
-        f"seed {evaluation.seed}, {evaluation.seconds:.1f} s",
+        f"estimator {evaluation.estimator}{source}: {evaluation.num_folds}-fold "
+        f"{SPLIT_NAMES[evaluation.split]} cross-validation, seed {evaluation.seed}, "
+        f"{evaluation.seconds:.1f} s",
         "",
         f"{'router':<12} {'APGR':>7} {'CPT(50%)':>9} {'CPT(80%)':>9}",
     ]
@@ -55,7 +59,8 @@ def plot_quality(evaluation: Evaluation, path: str | pathlib.Path) -> pathlib.Pa
     axes.set_xlabel("strong-model calls (%)")
     axes.set_ylabel("accuracy (%)")
     axes.set_title(f"{evaluation.estimator}: APGR {evaluation.estimator_metrics.apgr:.3f} "
-                   f"({evaluation.num_folds}-fold CV, {evaluation.num_rows} prompts)")
+                   f"({evaluation.num_folds}-fold {SPLIT_NAMES[evaluation.split]} CV, "
+                   f"{evaluation.num_rows} prompts)")
     axes.legend(loc="lower right")
     axes.grid(alpha=0.3)
     figure.tight_layout()
