@@ -1,23 +1,24 @@
 """Autoscaling on the Azure conversation trace's own load variation: static vs HPA-like vs phase-aware.
 
-The trace is replayed on its own timeline with `--load-scale` times its load (jittered copies, so
-its variation over the hour stays) on a Splitwise-HH cluster (H100 prefill and decode pools,
-Llama2-70B). Three ways to size the pools are compared:
+The trace's hour is replayed on its own timeline with `--load-scale` times its load (jittered
+copies, so its variation over the hour stays) on a Splitwise-HH cluster (H100 prefill and decode
+pools, Llama2-70B). Both autoscalers read what the operator reads on a cluster: the samples each
+ready machine and the router expose, scraped every 15 s (`tandem.sim.telemetry`,
+`tandem.policy.pool_load`). The comparison is fair by construction:
 
-- static: fixed pools, the smallest that meet every SLO over the whole replay (provisioned for the
-  peak with hindsight: an oracle no operator has, found by search);
-- static-at-phase-peak: fixed pools at the largest sizes the phase policy reached (provisioned for
-  the peak by the same capacity model the phase policy uses);
-- utilization: `tandem.policy.autoscaling.UtilizationAutoscaler`, one utilisation metric against a
-  0.7 target per pool (HPA-like);
-- phase: `tandem.policy.autoscaling.PhaseAutoscaler`, each pool sized by its own phase's load
-  against its capacity at the SLO (a prefill machine planned at 80% of its peak throughput).
+- every autoscaled policy starts from the minimum size (1 prefill + 1 decode machine) at the
+  start of a warm-up part of the trace and is measured on the part that follows (GPU-hours spent
+  and SLOs of the requests arriving in it);
+- each autoscaler's one setting (the phase policy's prefill headroom `prefill_capacity_fraction`,
+  the HPA-like policy's utilisation target) is chosen on the first half of the hour (seed 0) and
+  the comparison is reported on the second half, for three other seeds;
+- the HPA-like policy (`UtilizationAutoscaler`) gets the same latency signals as the phase policy
+  (the router's TTFT and inter-token P90, as a second HPA metric against the SLO);
+- the static baselines are measured on the same part: the smallest static cluster meeting every
+  SLO there, found in hindsight (the oracle), and a static cluster at the largest sizes the phase
+  policy reached (provisioned for the peak by the policy's own capacity model).
 
-Both autoscaled runs start at the static sizes, tick every 15 s and wait `--provision-delay` seconds
-for each new machine. The script prints one JSON object: GPU-hours, cost, SLO attainment, latency
-percentiles and the number of scaling actions of each.
-
-    .venv/bin/python benchmarks/simulate_autoscaling.py           # whole hour, 8x the load
+    .venv/bin/python benchmarks/simulate_autoscaling.py           # the hour, 8x the load
     .venv/bin/python benchmarks/simulate_autoscaling.py --quick   # first 10 minutes, 2x the load
 """
 
@@ -26,64 +27,101 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
+import statistics
 import sys
 import time
+from dataclasses import dataclass
 
 from tandem.sim.config import AutoscaleMode, Design, SimConfig
 from tandem.sim.hardware import shared_data_dir
+from tandem.sim.metrics import window_summary
+from tandem.sim.pools import perf_for
 from tandem.sim.simulate import simulate
-from tandem.sim.traces import amplify, load_trace, window
+from tandem.sim.traces import Trace, amplify, load_trace, window
+
+TUNING_SEED, REPORT_SEEDS = 0, (1, 2, 3)
 
 
-def run(args, trace, mode: AutoscaleMode, num_prefill: int, num_decode: int, out=None,
-        label: str | None = None) -> dict:
-    """One replay; returns the summary fields the comparison reports."""
+@dataclass(slots=True, frozen=True)
+class Part:
+    """A measured part of the trace and the warm-up before it (seconds of the trace's timeline)."""
+
+    name: str
+    warm_up_s: float
+    start_s: float
+    end_s: float
+
+
+@dataclass(slots=True, frozen=True)
+class Plan:
+    """What one invocation runs."""
+
+    load_scale: int
+    tune: Part
+    report: Part
+    phase_headrooms: tuple[float, ...]
+    utilization_targets: tuple[float, ...]
+    provision_delay_s: float
+    max_machines: int
+
+
+def replay(plan: Plan, trace: Trace, part: Part, mode: AutoscaleMode, sizes: tuple[int, int],
+           **settings) -> dict:
+    """One run over the part's warm-up and measured span; the measured span's figures."""
+    span = window(trace, part.warm_up_s, part.end_s - part.warm_up_s)
     config = SimConfig(design=Design.SPLITWISE, prefill_gpu="H100", decode_gpu="H100",
-                       num_prefill=num_prefill, num_decode=num_decode, autoscale=mode,
-                       autoscale_interval_s=15.0, provision_delay_s=args.provision_delay,
-                       min_machines=1, max_machines=4 * max(num_prefill, num_decode))
-    result, summary = simulate(config, trace)
-    if out is not None:
-        from tandem.sim.cli import write_outputs
-
-        write_outputs(result, summary, out / (label or mode.value))
-    timeline = result.replica_timeline
+                       num_prefill=sizes[0], num_decode=sizes[1], autoscale=mode,
+                       autoscale_interval_s=15.0, provision_delay_s=plan.provision_delay_s,
+                       min_machines=1, max_machines=plan.max_machines, **settings)
+    result, _ = simulate(config, span)
+    start, end = part.start_s - part.warm_up_s, part.end_s - part.warm_up_s
+    measured = window_summary(result, perf_for(config, config.reference_gpu), start, end)
+    inside = [p for p in result.replica_timeline if start <= p["time_s"] < end]
     return {
-        "policy": label or mode.value, "initial_machines": {"prefill": num_prefill, "decode": num_decode},
-        "peak_machines": {pool: max(p["desired"] for p in timeline if p["pool"] == pool)
-                          for pool in ("prefill", "decode")},
-        "gpu_hours": round(summary["gpu_hours"], 2), "cost": round(summary["cost"], 2),
-        "energy_kwh": round(summary["energy_kwh"], 1),
-        "slo_met": summary["slo"]["is_met"], "slo_attainment": round(summary["slo"]["attainment"], 4),
-        "slowdown": {k: {p: round(x, 3) for p, x in v["slowdown"].items()}
-                     for k, v in summary["slo"]["checks"].items()},
-        "ttft_s": summary["ttft_s"], "tbt_s": summary["tbt_s"],
-        "num_scaling_actions": summary["scaling"]["num_actions"],
-        "num_requests": summary["num_requests"],
+        "sizes": list(sizes), "settings": settings,
+        "peak_machines": {pool: max((p["desired"] for p in inside if p["pool"] == pool),
+                                    default=0) for pool in ("prefill", "decode")},
+        "gpu_hours": round(measured["gpu_hours"], 2),
+        "slo_met": measured["slo"]["is_met"],
+        "slo_attainment": round(measured["slo"]["attainment"], 4),
+        "slowdown_p90": {k: round(v["slowdown"]["p90"], 3)
+                         for k, v in measured["slo"]["checks"].items()},
+        "num_scaling_actions": sum(1 for a in result.scaling_actions if start <= a["time_s"] < end),
+        "num_requests": measured["num_requests"],
     }
 
 
-def static_for_peak(args, trace) -> tuple[tuple[int, int], list]:
-    """The smallest static (prefill, decode) sizes meeting every SLO over the whole replay.
+def tune(plan: Plan, trace: Trace) -> dict:
+    """Each autoscaler's setting, chosen on the tuning part: the cheapest that meets every SLO
+    there, else the one with the highest attainment."""
+    choices = {}
+    for mode, name, grid in ((AutoscaleMode.PHASE, "prefill_capacity_fraction", plan.phase_headrooms),
+                             (AutoscaleMode.UTILIZATION, "utilization_target",
+                              plan.utilization_targets)):
+        tried = [replay(plan, trace, plan.tune, mode, (1, 1), **{name: value}) for value in grid]
+        met = [row for row in tried if row["slo_met"]]
+        best = (min(met, key=lambda row: row["gpu_hours"]) if met
+                else max(tried, key=lambda row: row["slo_attainment"]))
+        choices[mode.value] = {"setting": best["settings"], "tried": tried}
+    return choices
 
-    Assumes more machines never hurt: the smallest equal sizes k by doubling and bisection, then
-    the smallest prefill pool beside k decode machines, then the smallest decode pool beside that.
-    """
-    tried: dict[tuple[int, int], bool] = {}
+
+def static_oracle(plan: Plan, trace: Trace, start: tuple[int, int],
+                  known: dict[tuple[int, int], dict]) -> tuple[int, int]:
+    """The smallest static (prefill, decode) sizes meeting every SLO on the reported part, in
+    hindsight: from `start` (doubled until it meets them), the smallest prefill pool beside its
+    decode pool, then the smallest decode pool beside that (more machines never hurt)."""
 
     def ok(sizes: tuple[int, int]) -> bool:
-        if sizes not in tried:
-            tried[sizes] = run(args, trace, AutoscaleMode.STATIC, *sizes)["slo_met"]
-        return tried[sizes]
+        if sizes not in known:
+            known[sizes] = replay(plan, trace, plan.report, AutoscaleMode.STATIC, sizes)
+        return known[sizes]["slo_met"]
 
-    high = 1
-    while not ok((high, high)):
-        high *= 2
-    k = _smallest(lambda n: ok((n, n)), high // 2 + 1, high)
-    num_prefill = _smallest(lambda n: ok((n, k)), 1, k)
-    num_decode = _smallest(lambda n: ok((num_prefill, n)), 1, k)
-    return (num_prefill, num_decode), [{"prefill": p, "decode": d, "slo_met": met}
-                                       for (p, d), met in tried.items()]
+    prefill, decode = start
+    while not ok((prefill, decode)):
+        prefill, decode = 2 * prefill, 2 * decode
+    prefill = _smallest(lambda n: ok((n, decode)), 1, prefill)
+    return prefill, _smallest(lambda n: ok((prefill, n)), 1, decode)
 
 
 def _smallest(is_enough, low: int, high: int) -> int:
@@ -97,50 +135,92 @@ def _smallest(is_enough, low: int, high: int) -> int:
     return high
 
 
+def compare(plan: Plan, trace: Trace, choices: dict) -> list[dict]:
+    """The four policies on the reported part of one seed's trace."""
+    phase = replay(plan, trace, plan.report, AutoscaleMode.PHASE, (1, 1),
+                   **choices["phase"]["setting"])
+    hpa = replay(plan, trace, plan.report, AutoscaleMode.UTILIZATION, (1, 1),
+                 **choices["utilization"]["setting"])
+    peak = (phase["peak_machines"]["prefill"], phase["peak_machines"]["decode"])
+    known = {peak: replay(plan, trace, plan.report, AutoscaleMode.STATIC, peak)}
+    oracle = static_oracle(plan, trace, peak, known)
+    rows = {"static-oracle": known[oracle], "static-at-phase-peak": known[peak],
+            "hpa-like": hpa, "phase": phase}
+    for row in rows.values():
+        row["gpu_hours_vs_oracle"] = round(row["gpu_hours"] / known[oracle]["gpu_hours"], 3)
+        row["gpu_hours_vs_peak"] = round(row["gpu_hours"] / known[peak]["gpu_hours"], 3)
+    return [{"policy": name, **row} for name, row in rows.items()]
+
+
+def plan_for(args: argparse.Namespace, trace_end_s: float) -> Plan:
+    """The parts and grids of a full or a quick run."""
+    if args.quick:
+        return Plan(2, Part("tune", 0.0, 100.0, 300.0), Part("report", 200.0, 300.0, 600.0),
+                    (0.8, 1.0), (0.5, 0.7), args.provision_delay, 16)
+    half = trace_end_s / 2
+    return Plan(args.load_scale, Part("tune", 0.0, 600.0, half),
+                Part("report", half - 600.0, half, trace_end_s),
+                (0.6, 0.7, 0.8, 0.9, 1.0), (0.3, 0.5, 0.7, 0.9), args.provision_delay, 40)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="first 10 minutes, 2x the load")
-    parser.add_argument("--load-scale", type=int, help="K times the load, same timeline (default 8)")
-    parser.add_argument("--duration", type=float, help="seconds of the trace (default: all)")
+    parser.add_argument("--load-scale", type=int, default=8, help="K times the load, same timeline")
     parser.add_argument("--provision-delay", type=float, default=120.0)
     parser.add_argument("--trace", type=pathlib.Path,
                         default=shared_data_dir() / "traces" / "azure_llm_2023_conv.csv")
-    parser.add_argument("--out", type=pathlib.Path, help="write each policy's summary and plots here")
     args = parser.parse_args()
-    scale = args.load_scale or (2 if args.quick else 8)
-    duration = args.duration or (600.0 if args.quick else None)
-    trace = load_trace(args.trace)
-    if duration is not None:
-        trace = window(trace, 0.0, duration)
-    trace = amplify(trace, scale, seed=0)
+    base = load_trace(args.trace)
+    plan = plan_for(args, 600.0 if args.quick else float(base.arrival_s[-1]) + 1e-6)
     started, cpu_started = time.perf_counter(), time.process_time()
-    sizes, tried = static_for_peak(args, trace)
-    rows = [run(args, trace, mode, *sizes, out=args.out)
-            for mode in (AutoscaleMode.STATIC, AutoscaleMode.UTILIZATION, AutoscaleMode.PHASE)]
-    # What an operator sizing by the phase policy's own capacity model would provision statically.
-    peak = rows[-1]["peak_machines"]
-    rows.insert(1, run(args, trace, AutoscaleMode.STATIC, peak["prefill"], peak["decode"],
-                       out=args.out, label="static-at-phase-peak"))
-    static_hours = rows[0]["gpu_hours"]
-    wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+    choices = tune(plan, amplify(base, plan.load_scale, seed=TUNING_SEED))
+    seeds = [{"seed": seed, "policies": compare(plan, amplify(base, plan.load_scale, seed=seed),
+                                                choices)} for seed in REPORT_SEEDS]
     result = {
         "benchmark": "simulate_autoscaling",
-        "parameters": {"trace": str(args.trace), "load_scale": scale, "duration_s": duration,
-                       "num_requests": len(trace), "design": "Splitwise-HH (H100 prefill, H100 decode)",
-                       "provision_delay_s": args.provision_delay, "interval_s": 15.0,
-                       "scale_down_stabilization_s": 300.0, "utilization_target": 0.7,
-                       "prefill_capacity_fraction": 0.8,
-                       "quick": args.quick},
-        "static_search": {"tried": tried},
-        "policies": rows,
-        "gpu_hours_vs_static": {r["policy"]: round(r["gpu_hours"] / static_hours, 3) for r in rows},
-        "gpu_hours_vs_static_at_phase_peak": {
-            r["policy"]: round(r["gpu_hours"] / rows[1]["gpu_hours"], 3) for r in rows},
-        "wall_s": round(wall, 1), "cpu_s": round(cpu, 1),
+        "parameters": {"trace": str(args.trace), "load_scale": plan.load_scale,
+                       "tune": _part(plan.tune),
+                       "report": _part(plan.report), "tuning_seed": TUNING_SEED,
+                       "report_seeds": list(REPORT_SEEDS),
+                       "design": "Splitwise-HH (H100 prefill, H100 decode)",
+                       "start_machines": {"prefill": 1, "decode": 1},
+                       "provision_delay_s": plan.provision_delay_s, "interval_s": 15.0,
+                       "scale_down_stabilization_s": 300.0, "max_machines": plan.max_machines,
+                       "signals": "scraped per tick: worker gauges and counters, router TTFT/ITL "
+                                  "histograms", "quick": args.quick},
+        "tuning": {policy: {"chosen": choice["setting"],
+                            "tried": [{**row["settings"], "gpu_hours": row["gpu_hours"],
+                                       "slo_met": row["slo_met"],
+                                       "slo_attainment": row["slo_attainment"]}
+                                      for row in choice["tried"]]}
+                   for policy, choice in choices.items()},
+        "seeds": seeds,
+        "mean_over_seeds": _means(seeds),
+        "wall_s": round(time.perf_counter() - started, 1),
+        "cpu_s": round(time.process_time() - cpu_started, 1),
     }
     json.dump(result, sys.stdout, indent=2)
     print()
     return 0
+
+
+def _part(part: Part) -> dict:
+    return {"warm_up_from_s": part.warm_up_s, "measured_from_s": part.start_s,
+            "measured_to_s": round(part.end_s, 1)}
+
+
+def _means(seeds: list[dict]) -> list[dict]:
+    # Per policy: the mean of each ratio and figure over the seeds, and how many met every SLO.
+    names = [row["policy"] for row in seeds[0]["policies"]]
+    rows = []
+    for name in names:
+        runs = [next(r for r in seed["policies"] if r["policy"] == name) for seed in seeds]
+        rows.append({"policy": name, "slo_met": sum(r["slo_met"] for r in runs),
+                     **{key: round(statistics.mean(r[key] for r in runs), 3)
+                        for key in ("gpu_hours", "gpu_hours_vs_oracle", "gpu_hours_vs_peak",
+                                    "slo_attainment", "num_scaling_actions")}})
+    return rows
 
 
 if __name__ == "__main__":

@@ -2,8 +2,10 @@
 
 `AdmittedService` wraps the orchestration and is itself a GenerationService, so both front doors
 (gRPC and HTTP) enforce the same quotas and count the same outcomes. It charges each request an
-estimate on admission (prompt length plus its token budget), corrects the charge with the usage
-reported on the stream's last message, and counts `tandem_requests_total{outcome, model}`.
+estimate on admission (prompt length plus its token budget), replaces it with what the plan may
+spend once the request is planned (the real prompt plus every sample's budget, as the routing
+policy set them; refused then if the tenant's bucket cannot cover it), corrects the charge with
+the usage reported on the stream's last message, and counts `tandem_requests_total{outcome, model}`.
 Before admission it refuses a bad request id and input too large for the model's context, so that
 a huge request costs nothing. The model label is a served model's name, "auto" (none asked for)
 or "unknown": a client's made-up name never becomes a metric series.
@@ -86,8 +88,21 @@ class AdmittedService:
         outcome, model = "cancelled", request.model
         num_prompt_tokens = num_generated = None
         num_seen_tokens = 0
+        admission, refused_when_planned = decision, []
+
+        def on_planned(num_tokens: int) -> None:
+            nonlocal admission
+            with self._lock:
+                recharged = self.quotas.recharge(admission, num_tokens, self.clock())
+            if isinstance(recharged, Refusal):
+                refused_when_planned.append(recharged)
+                raise RouterError(ErrorCode.RESOURCE_EXHAUSTED, recharged.message,
+                                  recharged.retry_after_s)
+            admission = recharged
+
         try:
-            stream = self.inner.generate(request, tenant, trace_context=trace_context)
+            stream = self.inner.generate(request, tenant, trace_context=trace_context,
+                                         on_planned=on_planned)
             async with contextlib.aclosing(stream):
                 async for response in stream:
                     if response.HasField("routing") and response.routing.model:
@@ -99,7 +114,7 @@ class AdmittedService:
                     yield response
             outcome = "ok"
         except RouterError as exc:
-            outcome = exc.code.name.lower()
+            outcome = "rejected_quota" if refused_when_planned else exc.code.name.lower()
             raise
         except Exception:
             outcome = "internal"
@@ -111,9 +126,9 @@ class AdmittedService:
                 actual = 0  # refused before any work
             else:
                 # Cancelled or failed mid-way: the prompt and the tokens made so far, at most the estimate.
-                actual = min(decision.charged_tokens, estimate_prompt_tokens(request) + num_seen_tokens)
+                actual = min(admission.charged_tokens, estimate_prompt_tokens(request) + num_seen_tokens)
             with self._lock:
-                self.quotas.release(decision, actual, self.clock())
+                self.quotas.release(admission, actual, self.clock())
             self._count(outcome, model, served)
 
     def _count(self, outcome: str, model: str, served: dict[str, int]) -> None:

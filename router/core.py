@@ -48,15 +48,19 @@ class RouterCore:
             supports_thinking=m.supports_thinking) for m in self.models.values()]
 
     async def generate(self, request: inference_pb2.GenerateRequest, tenant: Tenant, *,
-                       trace_context=None) -> AsyncIterator[inference_pb2.GenerateResponse]:
-        """Streams one request's responses; the last carries usage."""
-        arrived = time.monotonic()
+                       trace_context=None, on_planned=None,
+                       ) -> AsyncIterator[inference_pb2.GenerateResponse]:
+        """Streams one request's responses; the last carries usage (on_planned: see
+        router.service.GenerationService)."""
+        arrived, arrived_at = time.monotonic(), time.time()
         request_id = request.request_id or uuid.uuid4().hex
         models = dict(self.models)  # one view of the served tiers for the whole request
         outcome = await self.brain.before_prefill(request, tenant, models)
         model = self._model(outcome.model, tenant, models)
         request, defaults = within_tenant_limits(request, outcome.defaults, tenant.policy, tenant.name)
-        plan = await plan_request_off_loop(request, model, defaults)
+        plan = await plan_request_off_loop(request, model, defaults, arrived_at)
+        if on_planned is not None:
+            on_planned(planned_tokens(plan))
         relay = _Relay(request_id, model, plan, outcome, arrived)
         async for response in self._relay(relay):
             yield response
@@ -107,7 +111,8 @@ class _Relay:
         self.request_id, self.model, self.plan, self.outcome = request_id, model, plan, outcome
         self.arrived = arrived
         self.first_token_at: float | None = None
-        self.last_token_at: float | None = None
+        # Sample index -> when its latest tokens arrived (inter-token latency is per sample).
+        self.last_token_at: dict[int, float] = {}
         self.num_cached = 0
         self.probe_difficulty = -1.0
         self.is_disaggregated = False
@@ -134,7 +139,7 @@ class _Relay:
     def handle(self, event) -> list[inference_pb2.GenerateResponse]:
         """Turns one dispatch event into client responses (held back under a selection rule)."""
         if isinstance(event, FirstToken):
-            self._mark_token_times()
+            self._mark_token_times(0)
             chunk = worker_pb2.DecodeChunk(
                 sample_index=0, token_ids=[event.token_id],
                 sections=[inference_pb2.TOKEN_SECTION_THINKING if self.plan.budget.starts_in_thinking
@@ -144,7 +149,7 @@ class _Relay:
             responses = self._chunk_responses(chunk)
             responses[0].routing.CopyFrom(self._routing())
             return self._hold_or_pass(0, responses)
-        self._mark_token_times(len(event.token_ids))
+        self._mark_token_times(event.sample_index, len(event.token_ids))
         return self._hold_or_pass(event.sample_index, self._chunk_responses(event))
 
     def _chunk_responses(self, chunk: worker_pb2.DecodeChunk) -> list[inference_pb2.GenerateResponse]:
@@ -171,7 +176,8 @@ class _Relay:
         response.finish_reason, response.finish_detail = reason, detail
         self.finish[index] = (reason, detail)
         if not self.selection.streams_every_sample:
-            self.selection.add_finished(index, self.samples[index].text)
+            self.selection.add_finished(index, self.samples[index].answer_text,
+                                        is_stopped_on_own=reason == inference_pb2.FINISH_REASON_STOP)
         return [response]
 
     def _response(self, index: int, piece: TextPiece) -> inference_pb2.GenerateResponse:
@@ -233,14 +239,26 @@ class _Relay:
             cost=self.model.prompt_cost(num_prompt) + self.model.completion_cost(completion),
             routing=self._routing())
 
-    def _mark_token_times(self, num_tokens: int = 1) -> None:
+    def _mark_token_times(self, sample_index: int, num_tokens: int = 1) -> None:
         now = time.monotonic()
         if self.first_token_at is None:
             self.first_token_at = now
             self._ttft.observe(now - self.arrived)
-        elif self.last_token_at is not None and num_tokens:
-            self._itl.observe((now - self.last_token_at) / num_tokens)
-        self.last_token_at = now
+        if not num_tokens:
+            return
+        last = self.last_token_at.get(sample_index)
+        if last is not None:
+            self._itl.observe((now - last) / num_tokens)
+        self.last_token_at[sample_index] = now
+
+
+def planned_tokens(plan: RequestPlan) -> int:
+    """Tokens a planned request may consume: its prompt plus every sample's budget (at most the
+    cost ceiling's)."""
+    num_generated = plan.budget.max_tokens * plan.num_samples
+    if plan.budget.max_total_tokens:
+        num_generated = min(num_generated, plan.budget.max_total_tokens)
+    return len(plan.prompt_token_ids) + num_generated
 
 
 def _seconds_left(deadline: float | None) -> float | None:

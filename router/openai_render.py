@@ -43,7 +43,7 @@ def _logprob(value: float) -> float:
 
 
 def usage_body(usage: inference_pb2.Usage) -> dict:
-    """OpenAI `usage` (with reasoning and cached token details, and Tandem's cost)."""
+    """OpenAI `usage` (reasoning and cached token details) with Tandem's cost, samples and routing."""
     return {
         "prompt_tokens": usage.prompt_tokens,
         "completion_tokens": usage.completion_tokens,
@@ -51,6 +51,7 @@ def usage_body(usage: inference_pb2.Usage) -> dict:
         "prompt_tokens_details": {"cached_tokens": usage.cached_prompt_tokens},
         "completion_tokens_details": {"reasoning_tokens": usage.thinking_tokens},
         "cost": usage.cost,
+        "num_samples": usage.num_samples,
         **({"routing": routing_body(usage.routing)} if usage.HasField("routing") else {}),
     }
 

@@ -159,12 +159,13 @@ def check_input_size(request: inference_pb2.GenerateRequest, max_context: int, m
 
 
 async def plan_request_off_loop(request: inference_pb2.GenerateRequest, model: ModelEntry,
-                                defaults: BudgetDefaults) -> RequestPlan:
-    """plan_request in a worker thread, after the size check; the deadline counts from now."""
+                                defaults: BudgetDefaults, arrived_at: float) -> RequestPlan:
+    """plan_request in a worker thread, after the size check; the deadline counts from
+    arrived_at (Unix time of the request's arrival)."""
     num_chars = check_input_size(request, model.max_context, model.name)
     executor = _LONG_INPUT_EXECUTOR if num_chars >= LONG_INPUT_CHARS else None
     return await asyncio.get_running_loop().run_in_executor(
-        executor, plan_request, request, model, defaults, time.time())
+        executor, plan_request, request, model, defaults, arrived_at)
 
 
 def plan_request(request: inference_pb2.GenerateRequest, model: ModelEntry,

@@ -37,6 +37,7 @@ class SampleText:
         tail = prompt_token_ids[-PROMPT_TAIL_TOKENS:]
         self._stream = TextStream(IncrementalDetokenizer(tokenizer, tail), tuple(stop))
         self._released: list[str] = []
+        self._answer: list[str] = []
         self.is_stopped = False
         self.num_tokens = 0
         self.num_thinking_tokens = 0
@@ -45,6 +46,11 @@ class SampleText:
     def text(self) -> str:
         """All text released so far."""
         return "".join(self._released)
+
+    @property
+    def answer_text(self) -> str:
+        """The text released in the answer section (after any thinking)."""
+        return "".join(self._answer)
 
     def add(self, token_ids: list[int], sections: list[int],
             logprobs: list[inference_pb2.TokenLogprob]) -> list[TextPiece]:
@@ -61,17 +67,19 @@ class SampleText:
             piece.token_ids.append(token_id)
             if index < len(logprobs):
                 piece.logprobs.append(logprobs[index])
-            piece.text += self._take(is_final=self.is_stopped)
+            piece.text += self._take(section, is_final=self.is_stopped)
         return pieces
 
     def finish(self) -> TextPiece | None:
         """Releases the held-back text at the end of the sample."""
-        text = self._take(is_final=True)
+        text = self._take(ANSWER, is_final=True)
         return TextPiece(section=ANSWER, text=text) if text else None
 
-    def _take(self, is_final: bool) -> str:
+    def _take(self, section: int, is_final: bool) -> str:
         text = self._stream.take(is_final)
         self._released.append(text)
+        if section == ANSWER:
+            self._answer.append(text)
         return text
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Protocol
 
 from opentelemetry.context import Context
@@ -24,6 +24,13 @@ class GenerationService(Protocol):
         ...
 
     def generate(self, request: inference_pb2.GenerateRequest, tenant: Tenant, *,
-                 trace_context: Context | None = None) -> AsyncIterator[inference_pb2.GenerateResponse]:
-        """Streams the responses of one request; the last message carries the usage."""
+                 trace_context: Context | None = None,
+                 on_planned: Callable[[int], None] | None = None,
+                 ) -> AsyncIterator[inference_pb2.GenerateResponse]:
+        """Streams the responses of one request; the last message carries the usage.
+
+        on_planned(num_tokens), when given, is called once the request is planned and before any
+        worker is used, with the tokens it may consume (prompt plus every sample's budget); a
+        RouterError it raises refuses the request.
+        """
         ...

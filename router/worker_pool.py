@@ -157,8 +157,15 @@ class WorkerPool:
         handle.num_inflight_since_poll = 0
 
 
+# gRPC's default reconnect backoff grows to two minutes: after a long outage a restarted worker
+# would wait that long to rejoin. Load polling already limits how often a dead worker is tried.
+WORKER_CHANNEL_OPTIONS = [*CHANNEL_OPTIONS, ("grpc.initial_reconnect_backoff_ms", 250),
+                          ("grpc.max_reconnect_backoff_ms", 1000)]
+
+
 def _connect(address: str, role: str, interceptors: list | None) -> WorkerHandle:
-    channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS, interceptors=interceptors)
+    channel = grpc.aio.insecure_channel(address, options=WORKER_CHANNEL_OPTIONS,
+                                        interceptors=interceptors)
     stub_class = (worker_pb2_grpc.PrefillWorkerStub if role == "prefill"
                   else worker_pb2_grpc.DecodeWorkerStub)
     return WorkerHandle(address=address, role=role, channel=channel, stub=stub_class(channel))

@@ -1,4 +1,5 @@
-"""One tick of a TandemDeployment's background loop: observe the pools, autoscale, write status."""
+"""One tick of a TandemDeployment's background loop: repair drift, observe the pools, autoscale,
+write status."""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ from tandem_operator.autoscale.conditions import replicas_stalled_condition
 from tandem_operator.autoscale.controller import DeploymentAutoscaler, PoolDecision
 from tandem_operator.kube import KubeClient
 from tandem_operator.manifests.objects import Owner
-from tandem_operator.reconcile import list_owned, write_status
+from tandem_operator.reconcile import converge, list_owned, write_status
 from tandem_operator.spec import DeploymentSpec
-from tandem_operator.status import build_status, workload_state
+from tandem_operator.status import Problem, build_status, workload_state
 
 
 @dataclass(slots=True, frozen=True)
@@ -31,8 +32,11 @@ class Observation:
 async def observe_and_scale(kube: KubeClient, owner: Owner, spec: DeploymentSpec,
                             autoscaler: DeploymentAutoscaler, now: float,
                             previous: Mapping[str, Any]) -> Observation | None:
-    """Reads the pools, runs the autoscaler on them and writes the status; None before the
-    reconciler has created any workload."""
+    """Reconciles again (objects deleted by hand come back), reads the pools, runs the autoscaler
+    on them and writes the status, with any problem that still stands; None before the reconciler
+    has created any workload."""
+    outcome = await converge(kube, owner, spec)
+    problem = outcome if isinstance(outcome, Problem) else None
     deployments = await list_owned(kube, owner, "Deployment")
     if not deployments:
         return None
@@ -41,7 +45,8 @@ async def observe_and_scale(kube: KubeClient, owner: Owner, spec: DeploymentSpec
     if any(decision.is_change for decision in decisions):
         states = {state.name: state for state in
                   map(workload_state, await list_owned(kube, owner, "Deployment"))}
-    status = build_status(spec, previous.get("observedGeneration"), states.values(), previous)
+    status = build_status(spec, previous.get("observedGeneration"), states.values(), previous,
+                          problem)
     status["conditions"].append(replicas_stalled_condition(
         decisions, previous.get("conditions"), previous.get("observedGeneration")))
     status["autoscaling"] = {"enabled": spec.autoscaling.is_enabled,

@@ -6,11 +6,12 @@ import datetime
 from dataclasses import dataclass, field
 from typing import Any
 
-from tandem_operator.apply import Outcome, apply_object
+from tandem_operator.apply import ForeignObjectError, Outcome, apply_object
 from tandem_operator.kube import KubeClient, KubeError
 from tandem_operator.manifests.objects import Owner, desired_objects, worker_token_secret
 from tandem_operator.naming import owned_labels, worker_token_name
 from tandem_operator.spec import DeploymentSpec, ModelSource
+from tandem_operator.status import Problem
 
 # On a pod template: when the worker token was last replaced (a changed template restarts the pods).
 TOKEN_REPLACED_AT = "tandem.dev/worker-token-replaced-at"
@@ -53,6 +54,20 @@ async def missing_claims(kube: KubeClient, namespace: str, spec: DeploymentSpec)
                      if tier.model.source is ModelSource.PVC and tier.model.claim_name})
     return [claim for claim in claims
             if await kube.get("PersistentVolumeClaim", namespace, claim) is None]
+
+
+async def converge(kube: KubeClient, owner: Owner, spec: DeploymentSpec) -> ReconcileResult | Problem:
+    """Reconciles, or says why not: a model claim that does not exist (yet) or a name that
+    another controller's object holds. Run on every change and every tick, so that objects
+    deleted by hand come back and a problem is reported until it is resolved."""
+    missing = await missing_claims(kube, owner.namespace, spec)
+    if missing:
+        return Problem("WaitingForVolume", f"waiting for PersistentVolumeClaim {', '.join(missing)}",
+                       is_degraded=False)
+    try:
+        return await reconcile(kube, owner, spec)
+    except ForeignObjectError as exc:
+        return Problem("NameTaken", str(exc), is_degraded=True)
 
 
 async def reconcile(kube: KubeClient, owner: Owner, spec: DeploymentSpec) -> ReconcileResult:

@@ -9,7 +9,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from tandem_operator.naming import LABEL_MODEL, LABEL_ROLE, Role
+from tandem.policy.autoscaling import Phase
+
+from tandem_operator.naming import LABEL_MODEL, LABEL_ROLE, Role, pool_name, router_name
 from tandem_operator.spec import DeploymentSpec, TierSpec
 
 
@@ -80,27 +82,38 @@ def build_status(spec: DeploymentSpec | None, generation: int | None,
         "workloads": [{"name": s.name, "role": s.role.value, "tier": s.tier,
                        "readyReplicas": s.num_ready, "desiredReplicas": s.num_desired}
                       for s in states],
-        "conditions": _conditions(states, problem, generation, (previous or {}).get("conditions")),
+        "conditions": _conditions(states, expected_workloads(spec) if spec else [], problem,
+                                  generation, (previous or {}).get("conditions")),
     }
     if spec is not None:
         status["model"] = ",".join(_model_name(tier) for tier in spec.tiers)
     return status
 
 
-def _conditions(states: list[WorkloadState], problem: Problem | None, generation: int | None,
+def expected_workloads(spec: DeploymentSpec) -> list[str]:
+    """The Deployments a spec asks for: the router and a prefill and a decode pool per tier."""
+    return [router_name(spec.name)] + [pool_name(spec.name, tier.name, Role.of_phase(phase))
+                                       for tier in spec.tiers for phase in Phase]
+
+
+def _conditions(states: list[WorkloadState], expected: list[str], problem: Problem | None,
+                generation: int | None,
                 previous: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
     if problem is not None:
         ready = (False, problem.reason, problem.message)
         progressing = (not problem.is_degraded, problem.reason, problem.message)
         degraded = (problem.is_degraded, problem.reason, problem.message)
     else:
-        summary = ", ".join(f"{s.name} {s.num_ready}/{s.num_desired}" for s in states)
-        pending = [s for s in states if not s.is_ready and not s.failure]
+        # A Deployment that should exist and does not (not created yet, or deleted) is pending.
+        missing = sorted(set(expected) - {s.name for s in states})
+        summary = ", ".join([f"{s.name} {s.num_ready}/{s.num_desired}" for s in states]
+                            + [f"{name} missing" for name in missing])
+        pending = [f"{s.name} {s.num_ready}/{s.num_desired}" for s in states
+                   if not s.is_ready and not s.failure] + [f"{name} missing" for name in missing]
         failures = [s.failure for s in states if s.failure]
-        ready = (bool(states) and not pending and not failures,
-                 "AllReady" if states and not pending and not failures else "NotReady", summary)
-        progressing = (bool(pending), "RollingOut" if pending else "Stable",
-                       ", ".join(f"{s.name} {s.num_ready}/{s.num_desired}" for s in pending))
+        is_ready = bool(states) and not pending and not failures
+        ready = (is_ready, "AllReady" if is_ready else "NotReady", summary)
+        progressing = (bool(pending), "RollingOut" if pending else "Stable", ", ".join(pending))
         degraded = (bool(failures), "WorkloadFailed" if failures else "Healthy", "; ".join(failures))
     values = {ConditionType.READY: ready, ConditionType.PROGRESSING: progressing,
               ConditionType.DEGRADED: degraded}

@@ -4,12 +4,11 @@ The operator scrapes real pods and the simulator builds the same samples for its
 turn them into `PoolLoad` here and into the policy's `PoolMetrics` with `to_pool_metrics`, so that
 the autoscaler gets the same signals, at the same granularity, live and in simulation.
 
-Latency is measured where users see it, at the router (labelled with the model it served): the
-time to first token is the prefill pool's signal and the time between tokens the decode pool's,
-as the Dynamo planner does with its frontend's TTFT and ITL. Prefill work waits in two places:
-the prefill workers' queues and the decode workers' own (the router prefills a prompt on its
-decode worker when the prompt is short or the prefill pool is saturated), so a prefill pool's
-queued prompt tokens include those queued on the decode workers of its tier.
+Latency is measured where users see it, at the router, which labels it with the model served
+(the name the workers announce, and label their own series with): the time to first token is the
+prefill pool's signal and the time between tokens the decode pool's, as the Dynamo planner does
+with its frontend's TTFT and ITL. A pool reads the router's series of the models its own workers
+report, so no name has to be configured twice.
 """
 
 from __future__ import annotations
@@ -55,11 +54,11 @@ class PoolLoad:
 
 @dataclass(slots=True, frozen=True)
 class _Scraped:
-    """One pod's cumulative counters (or one router's latency buckets) at one moment."""
+    """One pod's cumulative counters (or one router's latency buckets by model) at one moment."""
 
     time: float
     prefill_tokens: float = 0.0
-    latency_buckets: dict[float, float] = field(default_factory=dict)
+    latency_buckets: dict[str, dict[float, float]] = field(default_factory=dict)
 
 
 class PoolLoadReader:
@@ -67,16 +66,14 @@ class PoolLoadReader:
     router's latency histogram as rates and a P90 over the time since this reader's previous
     scrape of the same pod (so the first scrape of a pod adds nothing)."""
 
-    def __init__(self, phase: Phase, model: str) -> None:
+    def __init__(self, phase: Phase) -> None:
         self.phase = Phase(phase)
-        self.model = model
         self._workers: dict[str, _Scraped] = {}
         self._routers: dict[str, _Scraped] = {}
 
-    def read(self, now: float, workers: Mapping[str, Samples], routers: Mapping[str, Samples],
-             decode_workers: Mapping[str, Samples] | None = None) -> PoolLoad:
-        """The load at `now` from the pool's ready worker pods and the router pods, by pod id
-        (for a prefill pool, also the prompt tokens queued on its tier's `decode_workers`)."""
+    def read(self, now: float, workers: Mapping[str, Samples],
+             routers: Mapping[str, Samples]) -> PoolLoad:
+        """The load at `now` from the pool's ready worker pods and the router pods, by pod id."""
         phase = self.phase.value
         totals = dict.fromkeys(("num_queued_prompt_tokens", "prefill_tokens_per_s",
                                 "num_running_seqs", "num_waiting_seqs", "num_kv_blocks_used",
@@ -93,25 +90,29 @@ class PoolLoadReader:
             if before is not None:
                 increase = delta(scraped.prefill_tokens, before.prefill_tokens)
                 totals["prefill_tokens_per_s"] += increase / (now - before.time)
-        for samples in (decode_workers or {}).values():
-            totals["num_queued_prompt_tokens"] += sum_samples(
-                samples, "tandem_queue_prompt_tokens", phase="decode")
-        latency = self._latency_p90(now, routers)
+        models = {series["model"] for samples in workers.values()
+                  for series, _ in samples.get("tandem_kv_blocks_total", []) if "model" in series}
+        latency = self._latency_p90(now, routers, models)
         _forget_except(self._workers, workers)
         _forget_except(self._routers, routers)
         is_prefill = self.phase is Phase.PREFILL
         return PoolLoad(**totals, ttft_p90_s=latency if is_prefill else None,
                         itl_p90_s=None if is_prefill else latency)
 
-    def _latency_p90(self, now: float, routers: Mapping[str, Samples]) -> float | None:
+    def _latency_p90(self, now: float, routers: Mapping[str, Samples],
+                     models: set[str]) -> float | None:
         histogram = TTFT_HISTOGRAM if self.phase is Phase.PREFILL else ITL_HISTOGRAM
         increases = []
         for pod_id, samples in routers.items():
-            scraped = _Scraped(now, latency_buckets=bucket_counts(samples, histogram,
-                                                                  model=self.model))
+            names = {series.get("model", "") for series, _ in samples.get(f"{histogram}_bucket", [])}
+            scraped = _Scraped(now, latency_buckets={
+                name: bucket_counts(samples, histogram, model=name) for name in names})
             before = self._remember(self._routers, pod_id, scraped)
-            if before is not None:
-                increases.append(bucket_deltas(scraped.latency_buckets, before.latency_buckets))
+            if before is None:
+                continue
+            for name in models & before.latency_buckets.keys():
+                increases.append(bucket_deltas(scraped.latency_buckets.get(name, {}),
+                                               before.latency_buckets[name]))
         return histogram_quantile(0.9, add_buckets(increases))
 
     @staticmethod

@@ -27,7 +27,7 @@ from __future__ import annotations
 import enum
 import itertools
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 _EWMA_ALPHA = 0.2
@@ -183,6 +183,30 @@ class QuotaPolicy:
         admission = Admission(next(self._ids), tenant.name, estimated_tokens, now)
         self._open[admission.admission_id] = admission
         return admission
+
+    def recharge(self, admission: Admission, estimated_tokens: int, now: float) -> Admission | Refusal:
+        """Replaces an open admission's charge with a better estimate (the planned request's).
+
+        A larger estimate is refused, changing nothing, when the bucket could not have admitted it
+        in the first place; a smaller one gives the difference back. Either way the admission
+        stays open: release the one this returns (or, on refusal, the one passed in).
+        """
+        if estimated_tokens < 0:
+            raise ValueError(f"recharge: estimated_tokens must be >= 0, got {estimated_tokens}")
+        if admission.admission_id not in self._open:
+            raise ValueError(f"recharge: admission {admission.admission_id} is not open")
+        state = self._tenants[admission.tenant_name]
+        state.refill(now)
+        if state.quota.bucket_capacity is not None:
+            state.tokens += admission.charged_tokens  # as if it had not been charged yet
+            refusal = (self._check_tokens(admission.tenant_name, state, estimated_tokens)
+                       if estimated_tokens > admission.charged_tokens else None)
+            state.tokens -= admission.charged_tokens if refusal is not None else estimated_tokens
+            if refusal is not None:
+                return refusal
+        recharged = replace(admission, charged_tokens=estimated_tokens)
+        self._open[admission.admission_id] = recharged
+        return recharged
 
     def release(self, admission: Admission, actual_tokens: int, now: float) -> None:
         """Ends an admitted request and corrects its tenant's bucket with the tokens it really used."""

@@ -120,6 +120,22 @@ def summary(result: SimResult, reference: PerfModel) -> dict:
     })
 
 
+def window_summary(result: SimResult, reference: PerfModel, start_s: float, end_s: float) -> dict:
+    """GPU-hours spent in [start_s, end_s) and the latencies and SLO report of the requests that
+    arrive in it: a run measured after a warm-up, or one part of a longer replay."""
+    lat = latencies(result, reference)
+    arrival = result.trace.arrival_s
+    mask = (arrival >= start_s) & (arrival < end_s)
+    inside = Latencies(*(getattr(lat, name)[mask] for name in Latencies.__dataclass_fields__))
+    gpu_seconds = sum(max(0.0, min(m.retired_s, end_s) - max(m.started_s, start_s)) * m.num_gpus
+                      for m in result.machines)
+    return json_ready({
+        "num_requests": int(mask.sum()), "gpu_hours": gpu_seconds / 3600.0,
+        "ttft_s": percentiles(inside.ttft), "tbt_s": percentiles(inside.tbt),
+        "e2e_s": percentiles(inside.e2e), "slo": slo_report(inside, result.config.slo),
+    })
+
+
 def json_ready(value):
     """Plain Python values for json.dumps: numpy scalars unwrapped, NaN and inf as None."""
     if isinstance(value, dict):

@@ -98,7 +98,7 @@ class ScalingDriver:
                 self.autoscalers[pool.name] = autoscaling.UtilizationAutoscaler(
                     settings, pool.phase, target_utilization=self.config.utilization_target)
             if pool.name in self.autoscalers:
-                self.readers[pool.name] = PoolLoadReader(pool.phase, self.config.model)
+                self.readers[pool.name] = PoolLoadReader(pool.phase)
 
     def tick(self, now: float) -> None:
         """One scrape and decision per autoscaled pool."""
@@ -121,11 +121,7 @@ class ScalingDriver:
         (draining ones are terminating pods, not scraped) and the router."""
         model = self.config.model
         workers = {m.machine_id: machine_samples(m, pool.phase, model) for m in pool.routable}
-        decode_workers = None
-        if pool.phase is autoscaling.Phase.PREFILL:
-            decode_workers = {m.machine_id: machine_samples(m, autoscaling.Phase.DECODE, model)
-                              for m in self.sim.decode_pool.routable}
-        load = self.readers[pool.name].read(now, workers, router, decode_workers)
+        load = self.readers[pool.name].read(now, workers, router)
         return to_pool_metrics(pool.phase, load, len(pool.routable), pool.desired)
 
     def _apply(self, pool: Pool, target: int, now: float) -> None:

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from router.auth import Tenant
+from router.request_plan import ModelEntry
 from router.routing_brain import RoutingBrain
 from tandem.api.v1 import inference_pb2, worker_pb2
 from tandem.policy.difficulty_policy import SelectionRule, load_policy, parse_policy
@@ -125,7 +126,9 @@ async def test_the_router_brain_uses_the_policy_as_it_expects():
     brain = RoutingBrain(default_model="small", estimator=ConstantEstimator(0.9),
                          policy=parse_policy(BASE))
     request = inference_pb2.GenerateRequest(prompt="Prove that sqrt(2) is irrational.")
-    outcome = await brain.before_prefill(request, Tenant(name="acme"), {"small", "large"})
+    thinking_tokenizer = SimpleNamespace(think_end_token_ids=(7,))
+    models = {name: ModelEntry(name, thinking_tokenizer, max_context=4096) for name in ("small", "large")}
+    outcome = await brain.before_prefill(request, Tenant(name="acme"), models)
     assert outcome.model == "large" and outcome.difficulty == pytest.approx(0.9)
     defaults = outcome.defaults
     assert defaults.thinking and defaults.max_thinking_tokens == 2048

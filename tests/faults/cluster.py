@@ -8,22 +8,15 @@ run's tenants from an API-key file, and router -> worker calls carry a worker to
 
 from __future__ import annotations
 
-import argparse
-import importlib
 import os
 import signal
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tandem.cli import SUBCOMMANDS
 from tandem.local_cluster import DEFAULT_UCX_ENV
 from tandem.serving.process_group import ChildProcess, start_child, stop_children, wait_ready
 from tandem.serving.worker_auth import bearer, read_token_file, write_token_file
-
-CANARY_FLAG = "--debug-kv-canary"
-MIGRATION_FLAG = "--migration-limit"
-
 
 @dataclass(slots=True)
 class FaultClusterConfig:
@@ -45,14 +38,6 @@ class FaultClusterConfig:
     env: dict[str, str] = field(default_factory=dict)
 
 
-@dataclass(slots=True)
-class Features:
-    """Flags the product supports now (they are being added while this suite exists)."""
-
-    kv_canary: bool
-    migration_limit: bool
-
-
 class FaultCluster:
     """Starts the cluster and kills, restarts, stops and continues its workers by name."""
 
@@ -61,7 +46,6 @@ class FaultCluster:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.env = {**DEFAULT_UCX_ENV, "OMP_NUM_THREADS": "1", **config.env}
-        self.features = detect_features()
         token_file = self.run_dir / "worker-token"
         self.worker_token_file = token_file if token_file.exists() else write_token_file(token_file)
         self.workers: dict[str, ChildProcess] = {}
@@ -169,9 +153,9 @@ class FaultCluster:
                 "--grpc-port", str(self._grpc_ports[name]),
                 "--metrics-port", str(self._metrics_ports[name]), "--worker-id", name,
                 "--num-blocks", str(config.num_blocks), "--block-size", "16",
-                "--kv-timeout", str(config.kv_timeout_s), "--drain-seconds", "1"]
-        if self.features.kv_canary:
-            args.append(CANARY_FLAG)
+                "--kv-timeout", str(config.kv_timeout_s), "--drain-seconds", "1",
+                # Freed blocks hold a pattern that is checked when they are taken again.
+                "--debug-kv-canary"]
         if role == "decode":
             args += ["--kv-host", "127.0.0.1", "--kv-port", "0"]
         return args
@@ -189,9 +173,8 @@ class FaultCluster:
                 "--decode-workers", ",".join(self.address(n) for n in names if n.startswith("decode")),
                 "--api-keys", str(keys),
                 "--min-disaggregate-tokens", str(config.min_disaggregate_tokens),
-                "--lease-seconds", str(config.lease_seconds)]
-        if self.features.migration_limit:
-            args += [MIGRATION_FLAG, str(config.migration_limit)]
+                "--lease-seconds", str(config.lease_seconds),
+                "--migration-limit", str(config.migration_limit)]
         return args
 
 
@@ -207,15 +190,3 @@ def free_ports(count: int) -> list[int]:
     finally:
         for sock in sockets:
             sock.close()
-
-
-def detect_features() -> Features:
-    """Which of the optional flags the fault suite uses the workers and the router accept."""
-    helps = {}
-    for command in ("decode", "router"):
-        module = importlib.import_module(SUBCOMMANDS[command][0])
-        parser = argparse.ArgumentParser(prog=f"tandem {command}")
-        module.add_arguments(parser)
-        helps[command] = parser.format_help()
-    return Features(kv_canary=CANARY_FLAG in helps["decode"],
-                    migration_limit=MIGRATION_FLAG in helps["router"])

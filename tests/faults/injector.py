@@ -55,8 +55,7 @@ async def play_fault(cluster: FaultCluster, fault: FaultSpec, t0: float, windows
     await asyncio.sleep(max(0.0, t0 + fault.start_s - now()))
     name = fault.target
     if fault.kind == KILL:
-        if cluster.features.kv_canary:
-            await _count_before_kill(cluster, name, canary, session)
+        await _count_before_kill(cluster, name, canary, session)
         window = FaultWindow(fault.kind, name, now())
         windows.append(window)
         cluster.kill(name)

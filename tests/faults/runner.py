@@ -58,7 +58,6 @@ class SuiteReport:
     windows: list[FaultWindow]
     t0: float
     seconds: dict[str, float]
-    features: dict[str, bool]
     run_dir: Path
     dropped_errors: dict[str, float] = field(default_factory=dict)
 
@@ -88,7 +87,7 @@ class SuiteReport:
                 "num_violations": len(self.violations),
                 "violations_by_invariant": dict(Counter(v.invariant for v in self.violations)),
                 "violations": [str(v) for v in self.violations],
-                "dropped_errors": self.dropped_errors, "features": self.features,
+                "dropped_errors": self.dropped_errors,
                 "seconds": {k: round(v, 1) for k, v in self.seconds.items()},
                 "run_dir": str(self.run_dir)}
 
@@ -137,10 +136,8 @@ async def _run(seed: int, model_dir: Path, run_dir: Path, settings: SuiteSetting
     finally:
         await asyncio.to_thread(cluster.stop)
     seconds["total"] = time.monotonic() - began
-    features = {"kv_canary": cluster.features.kv_canary,
-                "migration_limit": cluster.features.migration_limit}
     return SuiteReport(seed, schedule, check_run(record), record.outcomes, record.windows, t0, seconds,
-                       features, run_dir, dropped)
+                       run_dir, dropped)
 
 
 async def _play(cluster: FaultCluster, schedule: Schedule, bodies: dict, expected: dict,
@@ -210,9 +207,7 @@ async def _send(spec: RequestSpec, body, t0: float, margin_s: float, channel, se
     outcome.ended_at = now()
 
 
-async def _canary_total(cluster: FaultCluster, canary: CanaryTally, session) -> float | None:
-    if not cluster.features.kv_canary:
-        return None
+async def _canary_total(cluster: FaultCluster, canary: CanaryTally, session) -> float:
     total = canary.before_kills
     for name in cluster.worker_names:
         samples = await scrape(session, cluster.metrics_url(name))

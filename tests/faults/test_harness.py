@@ -122,10 +122,12 @@ def test_hostile_input_must_get_its_status():
     assert _invariants(_record([spec], [_outcome(status="INVALID_ARGUMENT", tokens=())])) == []
 
 
-def test_leaked_blocks_canary_hits_and_a_missing_canary_are_violations():
+def test_leaked_blocks_canary_hits_and_an_unread_canary_are_violations():
     assert _invariants(_record([_spec()], [_outcome()], blocks={"decode-1": (0, 3)})) == ["blocks"]
     assert _invariants(_record([_spec()], [_outcome()], canary=2.0)) == ["canary"]
-    assert _invariants(_record([_spec()], [_outcome()], canary=None)) == ["canary"]
+    unread = _record([_spec()], [_outcome()])
+    unread.canary_lost = True
+    assert _invariants(unread) == ["canary"]
 
 
 def test_responses_must_carry_the_clients_request_id():

@@ -157,15 +157,10 @@ def test_service_monitor_labels_match_what_the_prometheus_source_queries():
     (endpoint,) = monitor["spec"]["endpoints"]
     assert endpoint["port"] == "metrics"
     targets = {r["targetLabel"] for r in endpoint["relabelings"]}
-    queries = PrometheusSource(None, "http://p").queries(PoolRef("ns", "d", "t", Phase.PREFILL, "m"))
-    # Worker series carry the pool's identity; the router's latency series its role and the
-    # model (the router serves every tier, its pods have no tandem.dev/model label).
-    router = [query for query in queries.values() if 'tandem_role="router"' in query]
-    assert len(router) == 1 and 'model="m"' in router[0]
+    queries = PrometheusSource(None, "http://p").queries(PoolRef("ns", "d", "t", Phase.PREFILL))
     for label in ("namespace", "tandem_deployment", "tandem_role", "tandem_model"):
         assert label in targets
-        assert all(f'{label}="' in query for query in queries.values()
-                   if label != "tandem_model" or query not in router)
+        assert all(f'{label}="' in query for query in queries.values())
 
 
 def test_the_dashboard_charts_every_metric_of_the_contract():

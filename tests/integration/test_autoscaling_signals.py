@@ -55,8 +55,7 @@ def test_decode_counts_the_tokens_it_makes_and_the_router_latency_reaches_each_p
     ports = {"prefill": cluster.prefill[0].ready["metrics_port"],
              "decode": cluster.decode[0].ready["metrics_port"],
              "router": cluster.router.ready["metrics_port"]}
-    model = cluster.model_dir.name  # the router labels its latency with the served model name
-    readers = {phase: PoolLoadReader(phase, model) for phase in Phase}
+    readers = {phase: PoolLoadReader(phase) for phase in Phase}
 
     def read(phase: Phase):
         return readers[phase].read(time.monotonic(), {phase.value: _scrape(ports[phase.value])},

@@ -22,8 +22,8 @@ from tandem_operator.naming import Role, selector_labels
 from tests.operator.cluster import NAMESPACE, PODS
 
 MODEL = "llama"
-PREFILL = PoolRef(NAMESPACE, "llama", "default", Phase.PREFILL, MODEL)
-DECODE = PoolRef(NAMESPACE, "llama", "default", Phase.DECODE, MODEL)
+PREFILL = PoolRef(NAMESPACE, "llama", "default", Phase.PREFILL)
+DECODE = PoolRef(NAMESPACE, "llama", "default", Phase.DECODE)
 ROUTER_LABELS = selector_labels("llama", Role.ROUTER)
 
 
@@ -139,6 +139,8 @@ async def test_latencies_come_from_the_router_ttft_to_prefill_and_itl_to_decode(
     _pod(k8s, "prefill-0", prefill.port, PREFILL.labels())
     _pod(k8s, "decode-0", decode.port, DECODE.labels())
     _pod(k8s, "router-a", router.port, ROUTER_LABELS)
+    for worker in (prefill, decode):  # as worker_main publishes them: labelled with the model
+        worker.metrics.kv_blocks_total.labels(**worker.worker()).set(1000)
     ttft = router.metrics.ttft_seconds.labels(worker="router", model=MODEL)
     itl = router.metrics.itl_seconds.labels(worker="router", model=MODEL)
     other_ttft = router.metrics.ttft_seconds.labels(worker="router", model="another-tier")
@@ -155,7 +157,7 @@ async def test_latencies_come_from_the_router_ttft_to_prefill_and_itl_to_decode(
         for seconds in [0.015] * 85 + [0.15] * 15:  # 15 % of the gaps are slow
             itl.observe(seconds)
         for _ in range(1000):
-            other_ttft.observe(30.0)  # another model's pools, not these
+            other_ttft.observe(30.0)  # another tier's model: its pools' latency, not these
         prefill_load, decode_load = await source.read_load(PREFILL), await source.read_load(DECODE)
 
         clock.now += 15  # nothing new: no latency for the interval

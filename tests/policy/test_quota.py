@@ -170,6 +170,33 @@ def test_release_refunds_unused_tokens_and_charges_overuse():
         policy.release(admission, 1, now=1.0)
 
 
+def test_a_planned_request_is_recharged_with_its_real_estimate():
+    policy = QuotaPolicy()
+    subject = Subject("a", TenantQuota(tokens_per_minute=60, burst_tokens=100))
+    first = policy.admit(subject, 20, now=0.0)
+    # Planned: more than the first guess, and the bucket holds it.
+    planned = policy.recharge(first, 50, now=0.0)
+    assert planned.charged_tokens == 50 and policy.available_tokens("a", now=0.0) == pytest.approx(50)
+    # Planned smaller: the difference goes back at once.
+    planned = policy.recharge(planned, 30, now=0.0)
+    assert policy.available_tokens("a", now=0.0) == pytest.approx(70)
+    policy.release(planned, 30, now=0.0)
+    assert policy.available_tokens("a", now=0.0) == pytest.approx(70)
+
+
+def test_a_recharge_the_bucket_cannot_cover_is_refused_and_changes_nothing():
+    policy = QuotaPolicy()
+    subject = Subject("a", TenantQuota(tokens_per_minute=60, burst_tokens=100))
+    policy.release(policy.admit(subject, 60, now=0.0), 60, now=0.0)  # 40 left
+    admission = policy.admit(subject, 10, now=0.0)
+    refusal = policy.recharge(admission, 70, now=0.0)
+    assert isinstance(refusal, Refusal) and refusal.reason is RefusalReason.TOKEN_RATE
+    assert refusal.retry_after_s == pytest.approx(30.0)  # 40 tokens held, 70 needed, 1 per second
+    assert policy.available_tokens("a", now=0.0) == pytest.approx(30)
+    policy.release(admission, 0, now=0.0)
+    assert policy.available_tokens("a", now=0.0) == pytest.approx(40)
+
+
 def test_request_larger_than_the_bucket_waits_for_a_full_bucket():
     policy = QuotaPolicy()
     subject = Subject("a", TenantQuota(tokens_per_minute=60, burst_tokens=10))

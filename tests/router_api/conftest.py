@@ -53,7 +53,7 @@ class FakeGenerationService:
     def list_models(self) -> list[inference_pb2.ModelInfo]:
         return list(MODELS)
 
-    async def generate(self, request, tenant, *, trace_context=None):
+    async def generate(self, request, tenant, *, trace_context=None, on_planned=None):
         call = RecordedCall(inference_pb2.GenerateRequest.FromString(request.SerializeToString()),
                             tenant, trace_context)
         self.calls.append(call)

@@ -7,6 +7,7 @@ import pytest
 
 from tandem.policy.worker_choice import WorkerChoiceConfig
 from tandem.sim.config import Design, SimConfig
+from tandem.sim.metrics import window_summary
 from tandem.sim.pools import perf_for
 from tandem.sim.simulate import simulate
 from tandem.sim.traces import poisson
@@ -143,3 +144,15 @@ def test_bad_settings_are_rejected(perf_csv):
         simulate(SimConfig(gpu="V100", perf_csv=perf_csv), make_trace([0.0], [10], [2]))
     with pytest.raises(ValueError, match="kv_overlap"):
         SimConfig(kv_overlap=1.0)
+
+
+def test_a_window_counts_the_machine_time_and_the_requests_inside_it(perf_csv):
+    config = SimConfig(design=Design.SPLITWISE, num_prefill=1, num_decode=2, perf_csv=perf_csv)
+    result, summary = simulate(config, make_trace([0.0, 10.0, 20.0, 30.0], [500] * 4, [20] * 4))
+    reference = perf_for(config, config.reference_gpu)
+    whole = window_summary(result, reference, 0.0, result.end_s)
+    assert whole["gpu_hours"] == pytest.approx(summary["gpu_hours"])
+    assert whole["slo"] == summary["slo"] and whole["num_requests"] == 4
+    part = window_summary(result, reference, 5.0, 25.0)
+    assert part["num_requests"] == 2  # the requests arriving at 10 s and 20 s
+    assert part["gpu_hours"] == pytest.approx(3 * 8 * 20.0 / 3600)  # 3 machines of 8 GPUs, 20 s

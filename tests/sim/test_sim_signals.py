@@ -86,7 +86,7 @@ def test_simulated_scrapes_match_what_the_real_registry_exposes(perf_csv):
     # And the reader makes the same load of both, interval after interval.
     loads = []
     for samples in (exposed, simulated):
-        reader = PoolLoadReader(Phase.DECODE, config.model)
+        reader = PoolLoadReader(Phase.DECODE)
         reader.read(0.0, {"decode-0": samples}, {"router": {}})
         loads.append(reader.read(15.0, {"decode-0": samples}, {"router": samples}))
     assert loads[0] == loads[1] and loads[0].num_waiting_seqs == 2

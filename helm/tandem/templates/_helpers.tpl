@@ -36,6 +36,19 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/component: operator
 {{- end }}
 
+{{/* An ingress rule: the operator's pods, wherever they run, may scrape the metrics port
+(the autoscaler reads the router and the workers; the operator's pods are labelled by Helm). */}}
+{{- define "tandem.operatorScrapeRule" -}}
+- ports:
+    - {port: 9090, protocol: TCP}
+  from:
+    - podSelector:
+        matchLabels:
+          {{- include "tandem.operatorSelector" . | nindent 10 }}
+      namespaceSelector:
+        matchLabels: {kubernetes.io/metadata.name: {{ .Release.Namespace }}}
+{{- end }}
+
 {{- define "tandem.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create }}
 {{- default (printf "%s-operator" (include "tandem.fullname" .)) .Values.serviceAccount.name }}

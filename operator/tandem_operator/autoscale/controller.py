@@ -21,7 +21,6 @@ from tandem_operator.autoscale.metrics import (
     MetricsSource,
     MetricsUnavailable,
     PoolRef,
-    served_model_name,
 )
 from tandem_operator.autoscale.mode import ScalingMode, pool_scaling_mode
 from tandem_operator.kube import KubeError
@@ -67,7 +66,7 @@ class DeploymentAutoscaler:
         decisions, seen = [], set()
         for tier in spec.tiers:
             for phase in Phase:
-                pool = PoolRef(namespace, spec.name, tier.name, phase, served_model_name(tier))
+                pool = PoolRef(namespace, spec.name, tier.name, phase)
                 pool_spec = tier.prefill if phase is Phase.PREFILL else tier.decode
                 mode = self._scaling_mode(spec.autoscaling, pool_spec)
                 state = states.get(pool.name)

@@ -7,7 +7,6 @@ summed over its pods, rates per second, and the P90 latency of its phase from th
 
 from __future__ import annotations
 
-import posixpath
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -15,7 +14,6 @@ from tandem.policy.autoscaling import Phase
 from tandem.policy.pool_load import PoolLoad
 
 from tandem_operator.naming import Role, pool_name, selector_labels
-from tandem_operator.spec import TierSpec
 
 
 class MetricsUnavailable(Exception):
@@ -24,13 +22,12 @@ class MetricsUnavailable(Exception):
 
 @dataclass(slots=True, frozen=True)
 class PoolRef:
-    """One worker pool of one TandemDeployment, and the model name its tier is served under."""
+    """One worker pool of one TandemDeployment."""
 
     namespace: str
     deployment: str
     tier: str
     phase: Phase
-    model: str  # the `model` label of the router's latency series for this tier
 
     @property
     def name(self) -> str:
@@ -44,13 +41,6 @@ class PoolRef:
     def router_labels(self) -> dict[str, str]:
         """The labels that select the router pods, which measure the pool's latency."""
         return selector_labels(self.deployment, Role.ROUTER)
-
-
-def served_model_name(tier: TierSpec) -> str:
-    """The name the router serves a tier's model under (`--model-name`, else the folder's name),
-    which labels its TTFT and inter-token latency series."""
-    model = tier.model
-    return model.served_name or posixpath.basename(model.model_dir.rstrip("/"))
 
 
 class MetricsSource(Protocol):

@@ -3,8 +3,9 @@
 The series must carry the pool's identity as labels `namespace`, `tandem_deployment`,
 `tandem_role` and `tandem_model`: the chart's ServiceMonitor copies them from the pod labels
 `tandem.dev/deployment`, `tandem.dev/role` and `tandem.dev/model`. The pool's latency comes from
-the router's series (`tandem_role="router"`) of the tier's model (their own `model` label): TTFT
-for a prefill pool, inter-token latency for a decode pool (see `tandem.policy.pool_load`).
+the router's series (`tandem_role="router"`) of the models the pool's own workers report (a join
+on their `model` label): TTFT for a prefill pool, inter-token latency for a decode pool (see
+`tandem.policy.pool_load`).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ class PrometheusSource:
         sel = (f'namespace="{pool.namespace}",tandem_deployment="{pool.deployment}",'
                f'tandem_role="{pool.phase.value}",tandem_model="{pool.tier}"')
         router = (f'namespace="{pool.namespace}",tandem_deployment="{pool.deployment}",'
-                  f'tandem_role="router",model={_quoted(pool.model)}')
+                  f'tandem_role="router"')
         phase, window = pool.phase.value, self._window
         is_prefill = pool.phase is Phase.PREFILL
         latency = "ttft_p90_s" if is_prefill else "itl_p90_s"
@@ -47,8 +48,10 @@ class PrometheusSource:
             "num_waiting_seqs": f'sum(tandem_queue_requests{{{sel},phase="{phase}"}})',
             "num_kv_blocks_used": f"sum(tandem_kv_blocks_used{{{sel}}})",
             "num_kv_blocks_total": f"sum(tandem_kv_blocks_total{{{sel}}})",
+            # The router's series of the models the pool's workers serve: `group` is 1 per model.
             latency: (f"histogram_quantile(0.9, sum by (le) "
-                      f"(rate({histogram}_bucket{{{router}}}[{window}])))"),
+                      f"(rate({histogram}_bucket{{{router}}}[{window}]) * on (model) group_left () "
+                      f"group by (model) (tandem_kv_blocks_total{{{sel}}})))"),
         }
 
     async def read_load(self, pool: PoolRef) -> PoolLoad:
@@ -74,8 +77,3 @@ class PrometheusSource:
             return None
         value = float(result[0]["value"][1])
         return value if math.isfinite(value) else None
-
-
-def _quoted(value: str) -> str:
-    # A PromQL string literal: a served model name may hold any character.
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'

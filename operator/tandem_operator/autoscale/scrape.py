@@ -46,8 +46,8 @@ class ScrapeSource:
 
     def _reader(self, pool: PoolRef) -> PoolLoadReader:
         reader = self._readers.get(pool.name)
-        if reader is None or reader.model != pool.model:
-            reader = self._readers[pool.name] = PoolLoadReader(pool.phase, pool.model)
+        if reader is None:
+            reader = self._readers[pool.name] = PoolLoadReader(pool.phase)
         return reader
 
     async def _ready_pods(self, namespace: str, labels: dict[str, str]) -> list[dict[str, Any]]:

@@ -38,6 +38,7 @@ async def watch_pools(*, stopped: kopf.DaemonStopped, body: kopf.Body, name: str
                                                        loop.time(), dict(body.get("status") or {}))
             except KubeError as exc:
                 logger.warning("pool observation failed, retrying next tick: %s", exc)
+                kopf.warn(body, reason="ApiError", message=str(exc))
                 observation = None
             except Exception:
                 if context.is_closed:

@@ -6,12 +6,11 @@ from typing import Any
 
 import kopf
 
-from tandem_operator.apply import ForeignObjectError
 from tandem_operator.context import OperatorContext
 from tandem_operator.kube import KubeError
 from tandem_operator.manifests.objects import Owner
 from tandem_operator.parsing import parse_spec
-from tandem_operator.reconcile import missing_claims, reconcile, write_status
+from tandem_operator.reconcile import converge, write_status
 from tandem_operator.spec import DeploymentSpec
 from tandem_operator.status import Problem, build_status, workload_state
 
@@ -40,20 +39,17 @@ async def reconcile_deployment(*, body: kopf.Body, spec: kopf.Spec, meta: kopf.M
         await report(None, Problem("InvalidSpec", str(exc), is_degraded=True))
         raise kopf.PermanentError(f"invalid spec: {exc}") from exc
     try:
-        missing = await missing_claims(context.kube, namespace, parsed)
-        if missing:
-            message = f"waiting for PersistentVolumeClaim {', '.join(missing)}"
-            await report(parsed, Problem("WaitingForVolume", message, is_degraded=False))
-            raise kopf.TemporaryError(message, delay=VOLUME_WAIT_S)
-        result = await reconcile(context.kube, owner, parsed)
-        states = [workload_state(deployment) for deployment in result.deployments]
+        outcome = await converge(context.kube, owner, parsed)
+        if isinstance(outcome, Problem):
+            await report(parsed, outcome)
+            is_volume_wait = outcome.reason == "WaitingForVolume"
+            raise kopf.TemporaryError(outcome.message,
+                                      delay=VOLUME_WAIT_S if is_volume_wait else NAME_TAKEN_WAIT_S)
+        states = [workload_state(deployment) for deployment in outcome.deployments]
         await write_status(context.kube, owner, build_status(parsed, generation, states, status))
-    except ForeignObjectError as exc:
-        await report(parsed, Problem("NameTaken", str(exc), is_degraded=True))
-        raise kopf.TemporaryError(str(exc), delay=NAME_TAKEN_WAIT_S) from exc
     except KubeError as exc:
         kopf.warn(body, reason="ApiError", message=str(exc))
         raise kopf.TemporaryError(f"Kubernetes API error: {exc}", delay=API_RETRY_S) from exc
-    if result.is_change:
-        kopf.info(body, reason="Reconciled", message=result.summary())
-    logger.info("reconciled generation %s: %s", generation, result.summary())
+    if outcome.is_change:
+        kopf.info(body, reason="Reconciled", message=outcome.summary())
+    logger.info("reconciled generation %s: %s", generation, outcome.summary())

@@ -1,0 +1,35 @@
+"""The TandemDeployment status built from live Deployments, as the API server returns them."""
+
+from __future__ import annotations
+
+from tandem_operator.manifests.objects import Owner, desired_objects
+from tandem_operator.parsing import parse_spec
+from tandem_operator.status import build_status, workload_state
+
+SPEC = {"model": {"pvc": {"claimName": "models", "path": "llama"}},
+        "router": {"apiKeysSecret": "tenants", "policy": {"version": 1}}}
+
+
+def _ready(deployment: dict) -> dict:
+    # As the Deployment controller reports a rolled-out Deployment.
+    replicas = deployment["spec"]["replicas"]
+    return {**deployment, "status": {"replicas": replicas, "updatedReplicas": replicas,
+                                     "readyReplicas": replicas}}
+
+
+def _conditions(status: dict) -> dict[str, dict]:
+    return {c["type"]: c for c in status["conditions"]}
+
+
+def test_ready_needs_every_pool_the_spec_asks_for():
+    spec = parse_spec(SPEC, "llama", "image:test")
+    deployments = [_ready(obj) for obj in desired_objects(Owner("llama", "serving", "uid-1"), spec, {})
+                   if obj["kind"] == "Deployment"]
+    states = [workload_state(deployment) for deployment in deployments]
+    assert _conditions(build_status(spec, 1, states, None))["Ready"]["status"] == "True"
+
+    without_decode = [s for s in states if s.name != "llama-default-decode"]
+    conditions = _conditions(build_status(spec, 1, without_decode, None))
+    assert conditions["Ready"]["status"] == "False"
+    assert conditions["Progressing"]["status"] == "True"
+    assert "llama-default-decode missing" in conditions["Progressing"]["message"]
