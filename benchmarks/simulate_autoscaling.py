@@ -7,16 +7,18 @@ ready machine and the router expose, scraped every 15 s (`tandem.sim.telemetry`,
 `tandem.policy.pool_load`). The comparison is fair by construction:
 
 - every autoscaled policy starts from the minimum size (1 prefill + 1 decode machine) at the
-  start of a warm-up part of the trace and is measured on the part that follows (GPU-hours spent
-  and SLOs of the requests arriving in it);
+  start of the hour; each policy is measured on the second half of the hour (GPU-hours spent in
+  it, SLOs of the requests arriving in it), after the first half as its warm-up;
 - each autoscaler's one setting (the phase policy's prefill headroom `prefill_capacity_fraction`,
-  the HPA-like policy's utilisation target) is chosen on the first half of the hour (seed 0) and
-  the comparison is reported on the second half, for three other seeds;
+  the HPA-like policy's utilisation target) is chosen on the first half (seed 0: measured from
+  minute 10, from the minimum size at minute 0), never on the reported half, which is reported
+  for three other seeds;
 - the HPA-like policy (`UtilizationAutoscaler`) gets the same latency signals as the phase policy
   (the router's TTFT and inter-token P90, as a second HPA metric against the SLO);
-- the static baselines are measured on the same part: the smallest static cluster meeting every
-  SLO there, found in hindsight (the oracle), and a static cluster at the largest sizes the phase
-  policy reached (provisioned for the peak by the policy's own capacity model).
+- the static baselines are measured on the same part (after a 10-minute warm-up: a static
+  cluster's only state is its queues): the smallest static cluster meeting every SLO there, found
+  in hindsight (the oracle), and a static cluster at the largest sizes the phase policy reached
+  there (provisioned for the peak by the policy's own capacity model).
 
     .venv/bin/python benchmarks/simulate_autoscaling.py           # the hour, 8x the load
     .venv/bin/python benchmarks/simulate_autoscaling.py --quick   # first 10 minutes, 2x the load
@@ -25,8 +27,11 @@ ready machine and the router expose, scraped every 15 s (`tandem.sim.telemetry`,
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
+import functools
 import json
 import pathlib
+import resource
 import statistics
 import sys
 import time
@@ -58,7 +63,8 @@ class Plan:
 
     load_scale: int
     tune: Part
-    report: Part
+    report: Part          # the autoscaled runs'; static runs warm up `static_warm_up_s` only
+    static_warm_up_s: float
     phase_headrooms: tuple[float, ...]
     utilization_targets: tuple[float, ...]
     provision_delay_s: float
@@ -91,14 +97,16 @@ def replay(plan: Plan, trace: Trace, part: Part, mode: AutoscaleMode, sizes: tup
     }
 
 
-def tune(plan: Plan, trace: Trace) -> dict:
+def tune(plan: Plan, trace: Trace, pool: concurrent.futures.Executor) -> dict:
     """Each autoscaler's setting, chosen on the tuning part: the cheapest that meets every SLO
     there, else the one with the highest attainment."""
     choices = {}
     for mode, name, grid in ((AutoscaleMode.PHASE, "prefill_capacity_fraction", plan.phase_headrooms),
                              (AutoscaleMode.UTILIZATION, "utilization_target",
                               plan.utilization_targets)):
-        tried = [replay(plan, trace, plan.tune, mode, (1, 1), **{name: value}) for value in grid]
+        runs = [pool.submit(replay, plan, trace, plan.tune, mode, (1, 1), **{name: value})
+                for value in grid]
+        tried = [run.result() for run in runs]
         met = [row for row in tried if row["slo_met"]]
         best = (min(met, key=lambda row: row["gpu_hours"]) if met
                 else max(tried, key=lambda row: row["slo_attainment"]))
@@ -106,26 +114,37 @@ def tune(plan: Plan, trace: Trace) -> dict:
     return choices
 
 
-def static_oracle(plan: Plan, trace: Trace, start: tuple[int, int],
+def static_oracle(plan: Plan, trace: Trace, guess: tuple[int, int],
                   known: dict[tuple[int, int], dict]) -> tuple[int, int]:
     """The smallest static (prefill, decode) sizes meeting every SLO on the reported part, in
-    hindsight: from `start` (doubled until it meets them), the smallest prefill pool beside its
+    hindsight: from `guess` (doubled until it meets them), the smallest prefill pool beside its
     decode pool, then the smallest decode pool beside that (more machines never hurt)."""
 
     def ok(sizes: tuple[int, int]) -> bool:
         if sizes not in known:
-            known[sizes] = replay(plan, trace, plan.report, AutoscaleMode.STATIC, sizes)
+            known[sizes] = static_run(plan, trace, sizes)
         return known[sizes]["slo_met"]
 
-    prefill, decode = start
+    prefill, decode = guess
     while not ok((prefill, decode)):
         prefill, decode = 2 * prefill, 2 * decode
-    prefill = _smallest(lambda n: ok((n, decode)), 1, prefill)
-    return prefill, _smallest(lambda n: ok((prefill, n)), 1, decode)
+    prefill = _smallest(lambda n: ok((n, decode)), prefill)
+    return prefill, _smallest(lambda n: ok((prefill, n)), decode)
 
 
-def _smallest(is_enough, low: int, high: int) -> int:
-    # The smallest n in [low, high] with is_enough(n), given is_enough(high) and monotonicity.
+def static_run(plan: Plan, trace: Trace, sizes: tuple[int, int]) -> dict:
+    """A static cluster on the reported part."""
+    part = Part("report", plan.report.start_s - plan.static_warm_up_s, plan.report.start_s,
+                plan.report.end_s)
+    return replay(plan, trace, part, AutoscaleMode.STATIC, sizes)
+
+
+def _smallest(is_enough, high: int) -> int:
+    # The smallest n in [1, high] with is_enough(n), given is_enough(high) and monotonicity;
+    # one run when `high` is already the smallest (a good guess), a bisection otherwise.
+    if high == 1 or not is_enough(high - 1):
+        return high
+    low, high = 1, high - 1
     while low < high:
         middle = (low + high) // 2
         if is_enough(middle):
@@ -135,32 +154,32 @@ def _smallest(is_enough, low: int, high: int) -> int:
     return high
 
 
-def compare(plan: Plan, trace: Trace, choices: dict) -> list[dict]:
+def compare(plan: Plan, base: Trace, choices: dict, seed: int) -> dict:
     """The four policies on the reported part of one seed's trace."""
+    trace = amplify(base, plan.load_scale, seed=seed)
     phase = replay(plan, trace, plan.report, AutoscaleMode.PHASE, (1, 1),
                    **choices["phase"]["setting"])
     hpa = replay(plan, trace, plan.report, AutoscaleMode.UTILIZATION, (1, 1),
                  **choices["utilization"]["setting"])
     peak = (phase["peak_machines"]["prefill"], phase["peak_machines"]["decode"])
-    known = {peak: replay(plan, trace, plan.report, AutoscaleMode.STATIC, peak)}
+    known = {peak: static_run(plan, trace, peak)}
     oracle = static_oracle(plan, trace, peak, known)
     rows = {"static-oracle": known[oracle], "static-at-phase-peak": known[peak],
             "hpa-like": hpa, "phase": phase}
     for row in rows.values():
         row["gpu_hours_vs_oracle"] = round(row["gpu_hours"] / known[oracle]["gpu_hours"], 3)
         row["gpu_hours_vs_peak"] = round(row["gpu_hours"] / known[peak]["gpu_hours"], 3)
-    return [{"policy": name, **row} for name, row in rows.items()]
+    return {"seed": seed, "policies": [{"policy": name, **row} for name, row in rows.items()]}
 
 
 def plan_for(args: argparse.Namespace, trace_end_s: float) -> Plan:
     """The parts and grids of a full or a quick run."""
     if args.quick:
-        return Plan(2, Part("tune", 0.0, 100.0, 300.0), Part("report", 200.0, 300.0, 600.0),
+        return Plan(2, Part("tune", 0.0, 100.0, 300.0), Part("report", 0.0, 300.0, 600.0), 100.0,
                     (0.8, 1.0), (0.5, 0.7), args.provision_delay, 16)
     half = trace_end_s / 2
-    return Plan(args.load_scale, Part("tune", 0.0, 600.0, half),
-                Part("report", half - 600.0, half, trace_end_s),
-                (0.6, 0.7, 0.8, 0.9, 1.0), (0.3, 0.5, 0.7, 0.9), args.provision_delay, 40)
+    return Plan(args.load_scale, Part("tune", 0.0, 600.0, half), Part("report", 0.0, half, trace_end_s),
+                600.0, (0.6, 0.7, 0.8, 0.9, 1.0), (0.3, 0.5, 0.7, 0.9), args.provision_delay, 40)
 
 
 def main() -> int:
@@ -170,18 +189,21 @@ def main() -> int:
     parser.add_argument("--provision-delay", type=float, default=120.0)
     parser.add_argument("--trace", type=pathlib.Path,
                         default=shared_data_dir() / "traces" / "azure_llm_2023_conv.csv")
+    parser.add_argument("--jobs", type=int, default=1, help="runs in parallel (processes)")
     args = parser.parse_args()
     base = load_trace(args.trace)
     plan = plan_for(args, 600.0 if args.quick else float(base.arrival_s[-1]) + 1e-6)
-    started, cpu_started = time.perf_counter(), time.process_time()
-    choices = tune(plan, amplify(base, plan.load_scale, seed=TUNING_SEED))
-    seeds = [{"seed": seed, "policies": compare(plan, amplify(base, plan.load_scale, seed=seed),
-                                                choices)} for seed in REPORT_SEEDS]
+    started = time.perf_counter()
+    with concurrent.futures.ProcessPoolExecutor(args.jobs) as pool:
+        choices = tune(plan, amplify(base, plan.load_scale, seed=TUNING_SEED), pool)
+        seeds = list(pool.map(functools.partial(compare, plan, base, choices), REPORT_SEEDS))
+    cpu_s = time.process_time() + _children_cpu_s()
     result = {
         "benchmark": "simulate_autoscaling",
         "parameters": {"trace": str(args.trace), "load_scale": plan.load_scale,
                        "tune": _part(plan.tune),
-                       "report": _part(plan.report), "tuning_seed": TUNING_SEED,
+                       "report": _part(plan.report),
+                       "static_warm_up_s": plan.static_warm_up_s, "tuning_seed": TUNING_SEED,
                        "report_seeds": list(REPORT_SEEDS),
                        "design": "Splitwise-HH (H100 prefill, H100 decode)",
                        "start_machines": {"prefill": 1, "decode": 1},
@@ -197,12 +219,16 @@ def main() -> int:
                    for policy, choice in choices.items()},
         "seeds": seeds,
         "mean_over_seeds": _means(seeds),
-        "wall_s": round(time.perf_counter() - started, 1),
-        "cpu_s": round(time.process_time() - cpu_started, 1),
+        "wall_s": round(time.perf_counter() - started, 1), "cpu_s": round(cpu_s, 1),
     }
     json.dump(result, sys.stdout, indent=2)
     print()
     return 0
+
+
+def _children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _part(part: Part) -> dict:

@@ -14,7 +14,8 @@ from tandem.telemetry.metrics import default_metrics
 log = logging.getLogger(__name__)
 
 # Every way the engine ends a decoding sample. FinishReason.PREFILLED is absent on purpose: it ends
-# prefill-only requests, which a decode worker never runs, so meeting it here is an error.
+# the prefill-only request of a colocated prompt, which the worker turns into sample 0 before it
+# streams (prompt_samples), so meeting it here is an error.
 FINISH_REASONS = {
     FinishReason.STOP: inference_pb2.FINISH_REASON_STOP,
     FinishReason.LENGTH: inference_pb2.FINISH_REASON_LENGTH,
@@ -29,9 +30,13 @@ class DecodeFailed(RuntimeError):
     """The request cannot go on for a reason inside this worker; its stream ends with INTERNAL."""
 
 
-def output_chunk(group: SampleGroup, output: RequestOutput, tokenizer,
-                 with_prompt_info: bool) -> worker_pb2.DecodeChunk | None:
-    """The chunk for one engine output of a running sample (None once the sample has stopped)."""
+def output_chunk(group: SampleGroup, output: RequestOutput, tokenizer, *, with_prompt_info: bool,
+                 with_hidden_state: bool = False) -> worker_pb2.DecodeChunk | None:
+    """The chunk for one engine output of a running sample (None once the sample has stopped).
+
+    with_prompt_info: the first chunk of a colocated request, which says what the prompt cost
+    (cached tokens), the probe's difficulty and, with_hidden_state, the prompt's hidden state.
+    """
     index = group.sample_index(output.request_id)
     if index not in group.running:
         return None
@@ -43,7 +48,9 @@ def output_chunk(group: SampleGroup, output: RequestOutput, tokenizer,
                               for lp in output.new_logprobs)
     if with_prompt_info:
         chunk.num_cached_prompt_tokens = output.num_cached_prompt_tokens
-        if output.hidden_state is not None:
+        if group.probe_difficulty is not None:
+            chunk.probe_difficulty = group.probe_difficulty
+        if with_hidden_state and output.hidden_state is not None:
             chunk.hidden_state.extend(output.hidden_state.tolist())
     if output.finished:
         group.running.discard(index)

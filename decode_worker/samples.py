@@ -36,6 +36,8 @@ class SampleGroup:
     backlog: deque = field(default_factory=deque)
     # Samples whose engine request this Decode made (or claimed), and so must free at the end.
     owned: set[int] = field(default_factory=set)
+    # The probe's difficulty of a prompt this worker prefilled itself (None: no probe ran).
+    probe_difficulty: float | None = None
     _index_of: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -69,6 +71,17 @@ class SampleGroup:
     def seconds_left(self) -> float | None:
         """Seconds to the deadline, or None without one."""
         return None if not self.deadline else self.deadline - time.time()
+
+    async def next_event(self):
+        """The next event (see next_batched), or None once the deadline has passed."""
+        if not self.backlog and self.queue.empty():
+            left = self.seconds_left()
+            try:
+                self.backlog.append(await asyncio.wait_for(
+                    self.queue.get(), timeout=None if left is None else max(0.0, left)))
+            except TimeoutError:
+                return None
+        return self.next_batched()
 
     def next_batched(self):
         """The next event from the backlog, with the queued outputs of the same sample merged in.

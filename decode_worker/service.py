@@ -14,6 +14,8 @@ claimed or added to the engine itself.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import hmac
 import logging
 import time
@@ -21,6 +23,7 @@ import time
 import grpc
 
 from decode_worker.chunks import COST_DETAIL, DecodeFailed, output_chunk, truncate
+from decode_worker.prompt_samples import prefill_here, start_samples
 from decode_worker.samples import SampleGroup, SampleStopped
 from tandem.api.v1 import inference_pb2, worker_pb2, worker_pb2_grpc
 from tandem.engine.llm_engine import CapacityError
@@ -40,12 +43,14 @@ class DecodeService(worker_pb2_grpc.DecodeWorkerServicer):
     """Serves DecodeWorker over one engine and one KV receiver."""
 
     def __init__(self, loop: EngineLoop, grants: GrantTable, kv_address: str,
-                 identity: WorkerIdentity) -> None:
+                 identity: WorkerIdentity, probe=None) -> None:
         self.loop = loop
         self.engine = loop.engine
         self.grants = grants
         self.kv_address = kv_address
         self.identity = identity
+        # Scores the prompts this worker prefills itself (colocated); None without --probe.
+        self.probe = probe
         self.is_accepting = True
         self._groups: dict[str, SampleGroup] = {}
         self._generated_tokens = default_metrics().generated_tokens.labels(
@@ -111,6 +116,14 @@ class DecodeService(worker_pb2_grpc.DecodeWorkerServicer):
     # Decode -------------------------------------------------------------------------------
     async def Decode(self, request, context):
         """Streams every sample's tokens until each finishes or the request is cancelled."""
+        # A coroutine that writes, not an async generator that yields: grpc.aio cancels a handler
+        # whose call ended while it awaits a send, and would leave a generator suspended at its
+        # yield, its cleanup never run. aclosing runs it however the call ends.
+        async with contextlib.aclosing(self._decode(request, context)) as chunks:
+            async for chunk in chunks:
+                await context.write(chunk)
+
+    async def _decode(self, request, context):
         await require_valid_request_id(context, request.request_id)
         await self._require_accepting(context)
         try:
@@ -135,35 +148,53 @@ class DecodeService(worker_pb2_grpc.DecodeWorkerServicer):
         except DecodeFailed as exc:
             await context.abort(grpc.StatusCode.INTERNAL, str(exc))
         finally:
+            # No await here: the call may be cancelled at any await, and the cleanup must finish.
+            self._stop_all(group)
+            self._groups.pop(group.request_id, None)
             span.set_attribute("num_tokens", group.num_tokens)
             span.end()
-            await self._stop_all(group)
-            self._groups.pop(group.request_id, None)
 
     async def _start(self, request, group: SampleGroup, context) -> None:
         prompt = list(request.prompt_token_ids)
         try:
-            if request.output_token_ids and (not request.colocated or group.num_samples > 1):
-                raise ValueError("output_token_ids (a migrated sample) needs colocated and n <= 1")
-            if request.colocated:
-                await self._add_sample(group, 0, prompt, self._params(request, 0),
+            if request.output_token_ids:
+                if not request.colocated or group.num_samples > 1:
+                    raise ValueError("output_token_ids (a migrated sample) needs colocated and n <= 1")
+                await self._add_sample(group, 0, prompt, self._params(request, request.budget, 0),
                                        output_token_ids=list(request.output_token_ids))
+                return
+            if request.colocated:
+                prefilled = await prefill_here(self.loop, self.probe, group, request, prompt,
+                                               self._params(request, request.budget, 0))
+                if prefilled is None:
+                    return  # cancelled or past the deadline: the stream ends the samples
+                first_token_id, is_sample0_going_on, budget = prefilled
             else:
                 await self._claim(request, context)
                 # The claimed reservation's blocks are this Decode's now.
                 group.owned.add(0)
                 self.loop.open_stream(group.engine_id(0), group.queue)
                 group.count_tokens(1)  # the prefill worker's first token counts toward the ceiling
-                params = self._params(request, 0)
-                await self.loop.call(self.engine.add_prefilled_request, group.engine_id(0), prompt,
-                                     request.first_token_id, params)
-            for index in range(1, group.num_samples):
-                # Later samples share the prompt's KV blocks through the prefix cache.
-                await self._add_sample(group, index, prompt, self._params(request, index))
+                first_token_id, is_sample0_going_on, budget = request.first_token_id, True, request.budget
+            await self._start_samples(group, request, prompt, first_token_id, budget,
+                                      is_sample0_going_on)
         except ValueError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except CapacityError as exc:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+
+    async def _start_samples(self, group: SampleGroup, request, prompt: list[int],
+                             first_token_id: int, budget, is_sample0_going_on: bool) -> None:
+        """Starts sample 0 from its first token and forks the other running samples off its
+        prompt, all in one engine command; from then on this Decode owns (and frees) them."""
+        indices = [0] + [i for i in range(1, group.num_samples) if i in group.running]
+        for index in indices[1:]:
+            self.loop.open_stream(group.engine_id(index), group.queue)
+        group.owned.update(indices)
+        await self.loop.call(start_samples, self.engine, {i: group.engine_id(i) for i in indices},
+                             prompt, first_token_id,
+                             {i: self._params(request, budget, i) for i in indices},
+                             is_sample0_going_on)
 
     async def _add_sample(self, group: SampleGroup, index: int, prompt: list[int], params,
                           output_token_ids: list[int] = ()) -> None:
@@ -202,15 +233,15 @@ class DecodeService(worker_pb2_grpc.DecodeWorkerServicer):
         except GrantRefused as exc:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
 
-    def _params(self, request, sample_index: int):
-        max_tokens = request.budget.max_tokens or 1
-        return engine_params(request.sampling, self.engine.tokenizer, max_tokens=max_tokens,
-                             budget=request.budget, sample_index=sample_index)
+    def _params(self, request, budget: worker_pb2.DecodeBudget, sample_index: int):
+        return engine_params(request.sampling, self.engine.tokenizer,
+                             max_tokens=budget.max_tokens or 1, budget=budget,
+                             sample_index=sample_index)
 
     async def _stream(self, group: SampleGroup, request):
         is_first = True
         while group.running:
-            event = await self._next_event(group)
+            event = await group.next_event()
             if event is None:
                 for chunk in await self._stop_running(group, inference_pb2.FINISH_REASON_DEADLINE,
                                                       "deadline passed"):
@@ -222,7 +253,9 @@ class DecodeService(worker_pb2_grpc.DecodeWorkerServicer):
                 yield worker_pb2.DecodeChunk(request_id=group.request_id, sample_index=event.sample_index,
                                              finish_reason=event.finish_reason, finish_detail=event.detail)
                 continue
-            chunk = output_chunk(group, event, self.engine.tokenizer, is_first and request.colocated)
+            chunk = output_chunk(group, event, self.engine.tokenizer,
+                                 with_prompt_info=is_first and request.colocated,
+                                 with_hidden_state=request.return_hidden_state)
             is_first = False
             if chunk is None:
                 continue
@@ -236,16 +269,6 @@ class DecodeService(worker_pb2_grpc.DecodeWorkerServicer):
                                                         COST_DETAIL):
                     yield stopped
 
-    async def _next_event(self, group: SampleGroup):
-        if not group.backlog and group.queue.empty():
-            left = group.seconds_left()
-            try:
-                group.backlog.append(await asyncio.wait_for(
-                    group.queue.get(), timeout=None if left is None else max(0.0, left)))
-            except TimeoutError:
-                return None
-        return group.next_batched()
-
     async def _stop_running(self, group: SampleGroup, reason: int, detail: str) -> list:
         indices = sorted(group.running)
         for engine_id in group.engine_ids(group.owned.intersection(indices)):
@@ -254,12 +277,16 @@ class DecodeService(worker_pb2_grpc.DecodeWorkerServicer):
         return [worker_pb2.DecodeChunk(request_id=group.request_id, sample_index=i,
                                        finish_reason=reason, finish_detail=detail) for i in indices]
 
-    async def _stop_all(self, group: SampleGroup) -> None:
-        """Closes every sample's stream and frees what this Decode owns (and nothing else)."""
+    def _stop_all(self, group: SampleGroup) -> None:
+        """Closes every sample's stream and frees what this Decode owns (and nothing else).
+
+        The frees run on the engine thread after any command this Decode queued before, so a
+        sample still being added when the call ends is freed too.
+        """
         for index in range(group.num_samples):
             self.loop.close_stream(group.engine_id(index))
         for engine_id in group.engine_ids(group.owned):
-            await self.loop.call(self.engine.abort, engine_id)
+            self.loop.submit_soon(self.engine.abort, engine_id)
 
     # Cancel and load ----------------------------------------------------------------------
     async def Cancel(self, request, context):
@@ -286,7 +313,8 @@ class DecodeService(worker_pb2_grpc.DecodeWorkerServicer):
         """The engine's current load (in canary mode, after a canary sweep of the free blocks)."""
         if self.engine.config.debug_kv_canary:
             await self.loop.call(self.engine.sweep_kv_canary)
-        return self.identity.load(self.loop.stats, worker_pb2.WORKER_ROLE_DECODE, self.is_accepting)
+        return self.identity.load(self.loop.stats, worker_pb2.WORKER_ROLE_DECODE, self.is_accepting,
+                                  self.num_active)
 
     async def _require_accepting(self, context) -> None:
         if not self.is_accepting:

@@ -17,7 +17,7 @@ import grpc
 from tandem.api.v1 import worker_pb2, worker_pb2_grpc
 from tandem.kv.reservation import check_reservation
 from tandem.kv.streamer import LayerStreamer, check_transfer_fits
-from tandem.kv.transport import KVTransferError
+from tandem.kv.transport import KVTransferError, KVTransferRefused
 from tandem.kv.ucx_sender import UCXKVSender
 from tandem.serving.engine_loop import EngineFailure, EngineLoop, StreamClosed
 from tandem.serving.params import engine_params, logprob_message
@@ -77,6 +77,12 @@ class PrefillService(worker_pb2_grpc.PrefillWorkerServicer):
                 if isinstance(output, EngineFailure):
                     await context.abort(grpc.StatusCode.INTERNAL, output.message)
                 num_bytes, exposed = await self._finish_transfer(request_id) if has_transfer else (0, 0.0)
+            except KVTransferRefused as exc:
+                # The decode worker answered but no longer takes this KV (its reservation was
+                # cancelled or its lease expired): the prefill worker itself is fine.
+                await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                    f"decode worker {request.reservation.worker_id or request.reservation.kv_address} "
+                                    f"refused the KV of request {request_id!r}: {exc}")
             except KVTransferError as exc:
                 await context.abort(grpc.StatusCode.UNAVAILABLE,
                                     f"KV transfer to {request.reservation.worker_id or request.reservation.kv_address} "
@@ -167,7 +173,8 @@ class PrefillService(worker_pb2_grpc.PrefillWorkerServicer):
         """The engine's current load (in canary mode, after a canary sweep of the free blocks)."""
         if self.engine.config.debug_kv_canary:
             await self.loop.call(self.engine.sweep_kv_canary)
-        return self.identity.load(self.loop.stats, worker_pb2.WORKER_ROLE_PREFILL, self.is_accepting)
+        return self.identity.load(self.loop.stats, worker_pb2.WORKER_ROLE_PREFILL, self.is_accepting,
+                                  self.num_active)
 
     @property
     def num_active(self) -> int:

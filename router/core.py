@@ -82,6 +82,7 @@ class RouterCore:
                                      sampling=relay.plan.sampling, budget=relay.plan.budget,
                                      num_samples=relay.plan.num_samples,
                                      block_size=relay.model.block_size,
+                                     probe_steps=relay.outcome.probe_steps,
                                      force_colocated=relay.outcome.force_colocated)
         events = self.dispatcher.run(dispatch_plan, on_first_token=relay.on_first_token(self.brain))
         try:

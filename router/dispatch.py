@@ -22,9 +22,10 @@ from dataclasses import dataclass, field
 from router.decode_streams import DecodeStream, StreamEnded, StreamSet
 from router.errors import ErrorCode, RouterError
 from router.sample_progress import SampleProgress, resumed_request
-from router.worker_calls import WorkerCalls, WorkerLost
+from router.worker_calls import ReservationGone, WorkerCalls, WorkerLost
 from router.worker_pool import WorkerHandle, WorkerPool
 from tandem.api.v1 import inference_pb2, worker_pb2
+from tandem.policy.probe_steps import ProbeStep
 from tandem.policy.worker_choice import (NoWorkerAvailable, PrefixIndex, WorkerChoiceConfig,
                                          chained_block_hashes, choose_decode_worker,
                                          choose_prefill_worker, should_disaggregate)
@@ -48,6 +49,9 @@ class DispatchPlan:
     force_colocated: bool = False
     # Tokens per KV block on this model's workers (prefix hashes, cached-token counts).
     block_size: int = 16
+    # The thinking budget by probe difficulty: a colocated request's decode worker applies it
+    # after its own prefill (DecodeRequest.probe_budgets).
+    probe_steps: list[ProbeStep] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -56,7 +60,7 @@ class FirstToken:
 
     token_id: int
     logprob: inference_pb2.TokenLogprob | None
-    hidden_state: list[float]
+    # From the probe of the worker that prefilled the prompt; -1 when it has none.
     probe_difficulty: float
     num_cached_prompt_tokens: int
     is_disaggregated: bool
@@ -133,7 +137,8 @@ class Dispatcher:
             try:
                 return await self._attempt(plan, excluded, streams, on_first_token)
             except WorkerLost as lost:
-                excluded.add(lost.worker_id)
+                if not isinstance(lost, ReservationGone):  # a new reservation may do
+                    excluded.add(lost.worker_id)
                 if attempt >= self.settings.max_attempts:
                     raise RouterError(ErrorCode.UNAVAILABLE, f"request {plan.request_id} failed "
                                       f"after {attempt} attempt(s): {lost}") from None
@@ -191,7 +196,10 @@ class Dispatcher:
                          streams: StreamSet, on_first_token) -> list[object]:
         request = worker_pb2.DecodeRequest(
             request_id=worker_request_id, prompt_token_ids=plan.prompt_token_ids, colocated=True,
-            sampling=plan.sampling, budget=plan.budget)
+            sampling=plan.sampling, budget=plan.budget,
+            probe_budgets=[worker_pb2.ProbeBudget(min_probe_difficulty=step.min_probe_difficulty,
+                                                  max_thinking_tokens=step.thinking_budget)
+                           for step in plan.probe_steps])
         stream = self.calls.open_decode(decode, request, list(range(plan.num_samples)))
         # Chunks of other samples that come before sample 0's first token wait for it, so that a
         # retry after a failure here repeats nothing the client has seen.
@@ -211,11 +219,13 @@ class Dispatcher:
         streams.start(stream)
         if not chunk.token_ids:
             return [chunk, *held]
+        probe = chunk.probe_difficulty if chunk.HasField("probe_difficulty") else -1.0
         first = FirstToken(chunk.token_ids[0], chunk.logprobs[0] if chunk.logprobs else None,
-                           list(chunk.hidden_state), -1.0, chunk.num_cached_prompt_tokens,
-                           is_disaggregated=False)
-        if on_first_token is not None:
-            on_first_token(first)
+                           probe, chunk.num_cached_prompt_tokens, is_disaggregated=False)
+        # The worker applied the same steps to the same probe: the budget follows what it did.
+        budget = on_first_token(first) if on_first_token is not None else None
+        if budget is not None:
+            plan.budget.CopyFrom(budget)
         del chunk.token_ids[0]
         if chunk.logprobs:
             del chunk.logprobs[0]
@@ -234,7 +244,7 @@ class Dispatcher:
             await self.calls.cancel(decode, worker_request_id, "prefill-failed")
             raise
         first = FirstToken(response.first_token_id, response.first_token_logprob,
-                           list(response.hidden_state), response.probe_difficulty,
+                           response.probe_difficulty,
                            reservation.num_cached_blocks * plan.block_size,
                            is_disaggregated=True)
         budget = on_first_token(first) if on_first_token is not None else None
@@ -262,8 +272,7 @@ class Dispatcher:
                        reservation: worker_pb2.Reservation) -> worker_pb2.PrefillResponse:
         request = worker_pb2.PrefillRequest(request_id=worker_request_id,
                                             prompt_token_ids=plan.prompt_token_ids,
-                                            sampling=plan.sampling, reservation=reservation,
-                                            return_hidden_state=True)
+                                            sampling=plan.sampling, reservation=reservation)
         with span("router.prefill", worker=prefill.worker_id):
             try:
                 return await self.calls.unary(prefill, prefill.stub.Prefill, request)

@@ -18,6 +18,7 @@ from router.auth import Tenant
 from router.errors import ErrorCode, RouterError
 from router.request_plan import BudgetDefaults, ModelEntry
 from tandem.api.v1 import inference_pb2, worker_pb2
+from tandem.policy.probe_steps import ProbeStep, probe_steps, tighter_thinking_budget
 
 NO_ESTIMATE = -1.0
 AUTO_MODEL = "auto"
@@ -36,7 +37,8 @@ class RoutingOutcome:
     # Why this tier, for the client (RoutingInfo.reason).
     reason: str = ""
     force_colocated: bool = False
-    decision: object = None  # the policy's own decision, kept for refinement after prefill
+    # The thinking budget by the prefill probe's difficulty (tandem.policy.probe_steps).
+    probe_steps: list[ProbeStep] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -74,8 +76,9 @@ class RoutingBrain:
                               f"which has no worker now (serving {sorted(models)})")
         reason = decision.reason if pinned is None else (
             f"model {pinned} named by the request; budgets from the policy ({decision.reason})")
-        return RoutingOutcome(model, policy_defaults(decision, entry.supports_thinking), score,
-                              self.estimator.name, reason, decision=decision)
+        defaults = policy_defaults(decision, entry.supports_thinking)
+        steps = probe_steps(self.policy, decision) if defaults.max_thinking_tokens else []
+        return RoutingOutcome(model, defaults, score, self.estimator.name, reason, probe_steps=steps)
 
     def _score(self, request: inference_pb2.GenerateRequest, models: Mapping[str, ModelEntry],
                pinned: str | None) -> float:
@@ -86,18 +89,18 @@ class RoutingBrain:
         """A tighter decode budget when the probe finds the prompt easier than estimated, else None.
 
         The probe only tightens: the budget was already checked against the tenant's limits and
-        the context, so it never grows after prefill.
+        the context, so it never grows after prefill. The steps are those a colocated request's
+        decode worker applies itself, so router and worker agree on the budget.
         """
-        if self.policy is None or outcome.decision is None or first.probe_difficulty < 0:
+        if first.probe_difficulty < 0 or not budget.HasField("max_thinking_tokens"):
             return None
-        refined = self.policy.refine_after_probe(outcome.decision, first.probe_difficulty)
-        thinking = refined.thinking_budget if refined.thinking_budget is not None else 0
-        if refined is outcome.decision or not budget.HasField("max_thinking_tokens") \
-                or thinking >= budget.max_thinking_tokens:
+        thinking = tighter_thinking_budget(budget.max_thinking_tokens, outcome.probe_steps,
+                                           first.probe_difficulty)
+        if thinking is None:
             return None
         tighter = worker_pb2.DecodeBudget()
         tighter.CopyFrom(budget)
-        tighter.max_thinking_tokens = max(1, thinking)
+        tighter.max_thinking_tokens = thinking
         return tighter
 
 

@@ -7,6 +7,7 @@ call is gone or the lease ends, but until then it holds blocks nobody uses.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import grpc
@@ -33,6 +34,11 @@ class WorkerLost(Exception):
     def __init__(self, worker_id: str, message: str) -> None:
         super().__init__(message)
         self.worker_id = worker_id
+
+
+class ReservationGone(WorkerLost):
+    """The decode worker refused the KV of a reservation it no longer holds (cancelled, lease
+    expired): a retry with a new reservation may succeed, and neither worker is at fault."""
 
 
 class WorkerCalls:
@@ -63,6 +69,14 @@ class WorkerCalls:
             chunk = await stream.call.read()
         except grpc.aio.AioRpcError as exc:
             raise self._classify(stream.handle, exc) from None
+        except asyncio.CancelledError:
+            if asyncio.current_task().cancelling():
+                raise
+            # The call was cancelled under us (its channel closed when the worker left): the
+            # worker is lost to this request, which moves on instead of waiting forever.
+            raise WorkerLost(stream.handle.worker_id,
+                             f"{stream.handle.role} worker {stream.handle.worker_id} left "
+                             "(its stream was closed)") from None
         return None if chunk is grpc.aio.EOF else chunk
 
     async def close(self, streams: StreamSet, stream: DecodeStream, reason: str) -> None:
@@ -80,11 +94,19 @@ class WorkerCalls:
             log.warning("cancel (%s) of worker request %s on %s failed: %s: %s", reason,
                         worker_request_id, handle.worker_id, exc.code().name, exc.details())
             default_metrics().dropped_errors.labels(component="router", kind="cancel_failed").inc()
+        except grpc.aio.UsageError as exc:  # the worker left and its channel is closed
+            log.warning("cancel (%s) of worker request %s on %s not sent: %s", reason,
+                        worker_request_id, handle.worker_id, exc)
+            default_metrics().dropped_errors.labels(component="router", kind="cancel_failed").inc()
+            default_metrics().dropped_errors.labels(component="router", kind="cancel_failed").inc()
 
     def _classify(self, handle: WorkerHandle, exc: grpc.aio.AioRpcError) -> Exception:
         code = exc.code()
         if code == grpc.StatusCode.INVALID_ARGUMENT:
             return RouterError(ErrorCode.INVALID_ARGUMENT, exc.details())
+        if code == grpc.StatusCode.FAILED_PRECONDITION and handle.role == "prefill":
+            return ReservationGone(handle.worker_id, f"prefill worker {handle.worker_id}: "
+                                                     f"{exc.details()}")
         if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
             return WorkerLost(handle.worker_id, f"{handle.worker_id} is full: {exc.details()}")
         if code in RETRYABLE:

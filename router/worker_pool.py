@@ -21,6 +21,10 @@ from tandem.serving.worker_auth import worker_token_interceptors
 
 log = logging.getLogger(__name__)
 
+# How long a worker that left discovery keeps its channel for the streams still on it (a pod's
+# default termination grace is 30 s).
+LEAVING_GRACE_S = 60.0
+
 ROLE_NAMES = {worker_pb2.WORKER_ROLE_PREFILL: "prefill", worker_pb2.WORKER_ROLE_DECODE: "decode"}
 
 
@@ -81,7 +85,8 @@ class WorkerPool:
         wanted = dict(endpoints)
         for address in [a for a in self._workers if a not in wanted]:
             handle = self._workers.pop(address)
-            asyncio.get_running_loop().create_task(handle.channel.close())
+            # A leaving worker (a pod terminating) still drains its streams: let them finish.
+            asyncio.get_running_loop().create_task(handle.channel.close(grace=LEAVING_GRACE_S))
             log.info("worker %s (%s) left", address, handle.role)
         for address, role in wanted.items():
             if address not in self._workers:

@@ -248,10 +248,11 @@ class LLMEngine:
 
     def add_prefilled_request(self, request_id: str, prompt_token_ids: list[int], first_token_id: int,
                               params: SamplingParams) -> None:
-        """Decode side: the reservation's blocks now hold the prompt's KV; the request joins the
-        batch in decode with first_token_id as its first output (not reported again)."""
+        """Decode side: the reservation's blocks now hold the prompt's KV (written from outside, or
+        computed here by a prefill-only request of the same id); the request joins the batch in
+        decode with first_token_id as its first output (not reported again)."""
         reserved = self._seqs.get(request_id)
-        if reserved is None or reserved.status is not SequenceStatus.RESERVED:
+        if reserved is None or reserved.status not in (SequenceStatus.RESERVED, SequenceStatus.PREFILLED):
             raise ValueError(f"request {request_id!r} has no reservation; call reserve() first")
         self.checker.check_prefilled(reserved, prompt_token_ids, first_token_id, params)
         seq = Sequence(request_id, prompt_token_ids, params, self.config.device)
@@ -294,6 +295,31 @@ class LLMEngine:
             # The parent streamed the shared tokens' text but what it still holds back.
             num_unstreamed = 0 if parent.detokenizer is None else parent.detokenizer.num_pending
             child.detokenizer.mark_streamed(num_unstreamed)
+        self._seqs[new_request_id] = child
+        self.scheduler.add(child, at_front=True)
+        self._is_stalled = False
+
+    def fork_prompt(self, request_id: str, new_request_id: str, params: SamplingParams) -> None:
+        """Starts new_request_id on request_id's prompt, sharing the blocks that hold its KV
+        (copy-on-write): it computes only the prompt's last token again and draws its own first
+        token, exactly as an independent request with these params would. The parent must hold
+        its prompt's KV: a filled reservation, a prefilled request, or one past its prefill."""
+        parent = self._get(request_id)
+        num_shared = parent.num_prompt_tokens - 1
+        has_prompt_kv = parent.status in HELD or (
+            parent.block_ids and parent.num_computed_tokens >= num_shared)
+        if parent.status is SequenceStatus.FINISHED or not has_prompt_kv:
+            raise ValueError(f"request {request_id!r} holds no KV for its prompt to fork from")
+        self.checker.check_new(new_request_id, self._seqs, parent.prompt_token_ids, params)
+        child = Sequence(new_request_id, parent.prompt_token_ids, params, self.config.device)
+        num_full_blocks = num_shared // self.config.block_size
+        child.block_ids = parent.block_ids[:self.kv_manager.num_blocks_for(num_shared)]
+        self.kv_manager.pool.touch(child.block_ids)
+        child.block_hashes = list(parent.block_hashes[:num_full_blocks])
+        child.num_cached_blocks = min(parent.num_cached_blocks, num_full_blocks)
+        child.num_cached_prompt_tokens = parent.num_cached_prompt_tokens
+        child.num_computed_tokens = num_shared
+        child.detokenizer = self._text_stream(child)
         self._seqs[new_request_id] = child
         self.scheduler.add(child, at_front=True)
         self._is_stalled = False

@@ -28,6 +28,10 @@ class StreamClosed:
     reason: str
 
 
+class EngineStopped(RuntimeError):
+    """The engine thread has stopped: a command sent to it will never run."""
+
+
 @dataclass(slots=True)
 class EngineFailure:
     """Put on a request's queue when the engine step failed; the request cannot go on."""
@@ -45,6 +49,7 @@ class EngineLoop:
         self._wakeup = threading.Condition()
         self._streams: dict[str, asyncio.Queue] = {}
         self._is_running = False
+        self._is_stopped = False
         self._thread = threading.Thread(target=self._run, name="engine-loop", daemon=True)
         self.stats = engine.stats()
 
@@ -54,11 +59,24 @@ class EngineLoop:
         self._thread.start()
 
     async def stop(self) -> None:
-        """Stops the engine thread after the step in progress."""
+        """Stops the engine thread after the step in progress; commands it did not run fail."""
         with self._wakeup:
             self._is_running = False
+            self._is_stopped = True
             self._wakeup.notify()
-        await asyncio.to_thread(self._thread.join)
+        if self._thread.is_alive():
+            await asyncio.to_thread(self._thread.join)
+        with self._wakeup:
+            left = list(self._commands)
+            self._commands.clear()
+        if left:
+            # Their callers would otherwise wait forever, and the process with them.
+            log.warning("engine thread stopped with %d commands not run; failing them", len(left))
+            default_metrics().dropped_errors.labels(component="engine_loop",
+                                                    kind="command_after_stop").inc(len(left))
+        for _command, future, _undo in left:
+            if future is not None and not future.done():
+                future.set_exception(EngineStopped("the engine thread has stopped"))
 
     async def call(self, fn: Callable[..., Any], *args: Any,
                    undo: Callable[[Any], Any] | None = None, **kwargs: Any) -> Any:
@@ -69,6 +87,9 @@ class EngineLoop:
         """
         future = self._loop.create_future()
         with self._wakeup:
+            if self._is_stopped:
+                raise EngineStopped(f"the engine thread has stopped; {getattr(fn, '__name__', fn)} "
+                                    "cannot run")
             self._commands.append((lambda: fn(*args, **kwargs), future, undo))
             self._wakeup.notify()
         try:
@@ -91,6 +112,12 @@ class EngineLoop:
                                                         kind="command_failed").inc()
 
         with self._wakeup:
+            if self._is_stopped:
+                log.warning("engine command %s%r dropped: the engine thread has stopped",
+                            getattr(fn, "__name__", fn), args)
+                default_metrics().dropped_errors.labels(component="engine_loop",
+                                                        kind="command_after_stop").inc()
+                return
             self._commands.append((command, None, None))
             self._wakeup.notify()
 

@@ -23,7 +23,8 @@ class WorkerIdentity:
         """The identity of a worker serving this engine."""
         return cls(worker_id, model, engine.max_model_len, WireLayout.of_tensor(engine.kv_cache))
 
-    def load(self, stats, role: int, is_accepting: bool) -> worker_pb2.WorkerLoad:
+    def load(self, stats, role: int, is_accepting: bool,
+             num_requests_in_flight: int) -> worker_pb2.WorkerLoad:
         """The WorkerLoad message for the engine's latest stats."""
         return worker_pb2.WorkerLoad(
             worker_id=self.worker_id, role=role, model=self.model,
@@ -31,4 +32,5 @@ class WorkerIdentity:
             num_queued_prompt_tokens=stats.num_queued_prompt_tokens,
             num_kv_blocks_total=stats.num_blocks_total, num_kv_blocks_used=stats.num_blocks_used,
             num_kv_blocks_reserved=stats.num_blocks_reserved, accepting=is_accepting,
-            max_context=self.max_context, layout=layout_to_proto(self.wire_layout))
+            max_context=self.max_context, layout=layout_to_proto(self.wire_layout),
+            num_requests_in_flight=num_requests_in_flight)

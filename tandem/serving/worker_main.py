@@ -2,7 +2,8 @@
 
 Readiness (gRPC health SERVING, the ready file) comes only once the model is loaded and the KV
 transport listens. SIGTERM drains: health turns NOT_SERVING, new work is refused with UNAVAILABLE,
-in-flight requests get --drain-seconds to finish, then the process exits.
+in-flight requests get --drain-seconds to finish, then the process exits at once (see
+run_worker_process).
 """
 
 from __future__ import annotations
@@ -10,8 +11,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
+import sys
 import time
 from collections.abc import Awaitable, Callable
+from typing import NoReturn
 from dataclasses import dataclass, field
 
 from tandem.serving.engine_loop import EngineLoop
@@ -43,7 +47,7 @@ async def serve_worker(args: argparse.Namespace, role: str,
     """Runs a worker until SIGTERM, then drains and returns the exit code."""
     configure_logging(args.log_level)
     worker_token = worker_token_from_args(args)  # before the model loads: a missing token fails fast
-    setup_tracing(f"tandem-{role}")
+    tracer_provider = setup_tracing(f"tandem-{role}")
     engine = await asyncio.to_thread(build_engine, args)
     loop = EngineLoop(engine)
     loop.start()
@@ -78,8 +82,25 @@ async def serve_worker(args: argparse.Namespace, role: str,
     if parts.close is not None:
         await parts.close()
     await loop.stop()
+    if tracer_provider is not None:
+        tracer_provider.shutdown()  # exports the spans still batched
     log.info("%s worker %s stopped", role, identity.worker_id)
     return 0
+
+
+def run_worker_process(args: argparse.Namespace, role: str,
+                       setup: Callable[[EngineLoop, WorkerIdentity], Awaitable[WorkerParts]]) -> NoReturn:
+    """Runs a worker as this process's only job and ends the process once it has shut down.
+
+    By then every resource is released and the spans exported; the interpreter's own teardown
+    (collecting the module graph of torch and the CUDA bindings) would only add seconds, enough
+    on a busy machine for a supervisor's grace period to run out and SIGKILL the worker.
+    """
+    code = asyncio.run(serve_worker(args, role, setup))
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def add_ready_file_argument(parser: argparse.ArgumentParser) -> None:

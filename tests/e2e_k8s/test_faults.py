@@ -28,6 +28,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 METRICS_PORT_NAME = "metrics"
 LONG_TOKENS = 1500  # long enough to be mid-stream when the fault comes
+CLIENT_TIMEOUT_S = 120  # far longer than any request here takes; reaching it means it hung
 
 
 def ready_pods(cluster: Cluster, role: str) -> list[dict]:
@@ -66,7 +67,8 @@ async def generate(address: str, model: str, max_tokens: int, seed: int,
         async with grpc.aio.insecure_channel(address) as channel:
             stub = inference_pb2_grpc.InferenceStub(channel)
             async for response in stub.Generate(
-                    request, metadata=[("authorization", f"Bearer {API_KEY}")], timeout=180):
+                    request, metadata=[("authorization", f"Bearer {API_KEY}")],
+                    timeout=CLIENT_TIMEOUT_S):
                 num_tokens += len(response.token_ids)
                 if num_tokens and started is not None:
                     started.set()
@@ -80,10 +82,11 @@ async def generate(address: str, model: str, max_tokens: int, seed: int,
 
 
 def is_clear(outcome: str) -> bool:
-    """Ended normally, or with an error code a client can act on and a message saying why."""
+    """Ended normally, or with an error code a client can act on and a message saying why. The
+    requests set no deadline of their own: DEADLINE_EXCEEDED is the client giving up on a hang."""
     code, _, detail = outcome.partition(": ")
     return outcome.startswith("OK ") or (
-        code in ("UNAVAILABLE", "ABORTED", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED")
+        code in ("UNAVAILABLE", "ABORTED", "RESOURCE_EXHAUSTED")
         and len(detail.split(" (after")[0]) > 10)
 
 
@@ -96,10 +99,10 @@ async def start_long_requests(address: str, model: str, num: int, seed0: int) ->
     return tasks
 
 
-def container_pids(cluster: Cluster, pod_name: str | None = None) -> list[int]:
-    """Host pids of every running container process (of one pod or all), with descendants."""
+def container_pids(cluster: Cluster) -> list[int]:
+    """Host pids of every running container process, with their descendants."""
     roots = [state.run.pid for worker, _ in cluster.kubelet.workers.values()
-             if pod_name in (None, worker.name) for state in worker.containers if state.run]
+             for state in worker.containers if state.run]
     pids, stack = [], list(roots)
     while stack:
         pid = stack.pop()
@@ -137,6 +140,9 @@ async def test_worker_kill_pool_deletion_and_uninstall(cluster: Cluster, operato
     print("\nfault outcomes:")
     for what, outcomes in record.items():
         print(f"  {what}: {dict(collections.Counter(o.split(' (after')[0] for o in outcomes))}")
+    # Checked last, so that one fault's hung requests do not hide what the next fault does.
+    unclear = {what: [o for o in outcomes if not is_clear(o)] for what, outcomes in record.items()}
+    assert not any(unclear.values()), f"requests that hung or ended without a clear error: {unclear}"
 
 
 async def _kill_a_decode_worker(cluster: Cluster, router: str, model: str,
@@ -156,7 +162,6 @@ async def _kill_a_decode_worker(cluster: Cluster, router: str, model: str,
     outcomes = await asyncio.gather(*in_flight)
     record["in flight when a decode worker got SIGKILL"] = list(outcomes)
     print(f"\nin flight when {victim_name} got SIGKILL: {outcomes}")
-    assert all(is_clear(o) for o in outcomes), outcomes
 
     def restarted() -> dict | None:
         pod = cluster.api.get(PODS, NAMESPACE, victim_name)
@@ -194,7 +199,6 @@ async def _delete_the_decode_deployment(cluster: Cluster, name: str, router: str
     outcomes = await asyncio.gather(*in_flight)
     record["in flight when the decode Deployment was deleted"] = list(outcomes)
     print(f"\nin flight when {pool} was deleted: {outcomes}")
-    assert all(is_clear(o) for o in outcomes), outcomes
     await cluster.wait_for(lambda: len(ready_pods(cluster, "decode")) == 2
                            and condition(td_status(cluster, name), "Ready").get("status") == "True",
                            "the recreated decode pool Ready", timeout_s=240)

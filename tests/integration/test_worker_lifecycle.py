@@ -6,6 +6,7 @@ import json
 import signal
 import subprocess
 import sys
+import time
 
 import grpc
 import pytest
@@ -14,7 +15,8 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from tandem.api.v1 import inference_pb2, worker_pb2
 from tandem.local_cluster import LocalCluster, LocalClusterConfig
-from tests.integration.helpers import decode_stub
+from tandem.serving.process_group import ChildProcess, tail
+from tests.integration.helpers import decode_stub, greedy_request, router_stub
 
 pytestmark = pytest.mark.slow
 
@@ -69,3 +71,44 @@ def test_generate_command_streams_an_answer_through_the_router(cluster):
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["usage"]["completion_tokens"] == 5
+
+
+# Long enough for a loaded 2-core machine; the harness would SIGKILL a worker that needs more.
+EXIT_TIMEOUT_S = 60.0
+
+
+def _exit_code_after_sigterm(child: ChildProcess) -> int:
+    """SIGTERMs a worker and waits for it to exit by itself (a SIGKILL fails the test)."""
+    child.process.send_signal(signal.SIGTERM)
+    started = time.monotonic()
+    try:
+        code = child.process.wait(timeout=EXIT_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        child.process.kill()
+        child.process.wait()
+        pytest.fail(f"{child.name} was still running {EXIT_TIMEOUT_S:.0f}s after SIGTERM and had "
+                    f"to be killed; last log lines:\n{tail(child.log_path)}")
+    assert code == 0, f"{child.name} exited with {code}:\n{tail(child.log_path)}"
+    return time.monotonic() - started
+
+
+@pytest.fixture
+def quick_drain_cluster(tiny_model_dir, tmp_path):
+    config = LocalClusterConfig(model=str(tiny_model_dir), num_prefill=1, num_decode=1,
+                                num_blocks=512, worker_args=["--drain-seconds", "1"])
+    with LocalCluster(config, tmp_path) as running:
+        yield running
+
+
+def test_idle_workers_exit_by_themselves_after_sigterm(quick_drain_cluster):
+    for child in (quick_drain_cluster.decode[0], quick_drain_cluster.prefill[0]):
+        _exit_code_after_sigterm(child)
+
+
+def test_workers_exit_by_themselves_after_sigterm_once_they_served_requests(quick_drain_cluster):
+    router = router_stub(quick_drain_cluster.grpc_address)
+    for index in range(3):
+        responses = list(router.Generate(greedy_request([5 + index] * 40, max_tokens=8), timeout=60))
+        assert sum(len(response.token_ids) for response in responses) == 8
+    for child in (quick_drain_cluster.decode[0], quick_drain_cluster.prefill[0]):
+        _exit_code_after_sigterm(child)

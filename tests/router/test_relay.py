@@ -47,9 +47,8 @@ def _chunk(model, index: int, thinking: str, answer: str, finish: int) -> worker
 
 
 def _first(token_id: int) -> FirstToken:
-    extra = {"hidden_state": []} if "hidden_state" in FirstToken.__dataclass_fields__ else {}
     return FirstToken(token_id=token_id, logprob=None, probe_difficulty=-1.0,
-                      num_cached_prompt_tokens=0, is_disaggregated=False, **extra)
+                      num_cached_prompt_tokens=0, is_disaggregated=False)
 
 
 def _winner_text(responses) -> str:

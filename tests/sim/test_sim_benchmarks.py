@@ -36,11 +36,24 @@ def test_splitwise_benchmark_quick():
 @pytest.mark.usefixtures("perf_csv", "azure_trace_path")
 def test_autoscaling_benchmark_quick():
     result = _run("simulate_autoscaling.py")
-    policies = {r["policy"]: r for r in result["policies"]}
-    assert set(policies) == {"static", "static-at-phase-peak", "utilization", "phase"}
-    assert policies["static"]["num_scaling_actions"] == 0
-    assert policies["static"]["slo_met"] is True  # static is sized to meet the SLOs
-    assert all(r["gpu_hours"] > 0 for r in policies.values())
+    params = result["parameters"]
+    assert params["start_machines"] == {"prefill": 1, "decode": 1}
+    # Settings are chosen on a part that is not reported, on a seed that is not reported.
+    assert params["tune"]["measured_to_s"] <= params["report"]["measured_from_s"]
+    assert params["tuning_seed"] not in params["report_seeds"] and len(params["report_seeds"]) == 3
+    assert set(result["tuning"]) == {"phase", "utilization"}
+    for tuning in result["tuning"].values():
+        assert len(tuning["tried"]) >= 2 and tuning["chosen"]
+    assert [seed["seed"] for seed in result["seeds"]] == params["report_seeds"]
+    for seed in result["seeds"]:
+        policies = {r["policy"]: r for r in seed["policies"]}
+        assert set(policies) == {"static-oracle", "static-at-phase-peak", "hpa-like", "phase"}
+        assert policies["static-oracle"]["slo_met"] is True  # the oracle meets them by search
+        assert policies["static-oracle"]["num_scaling_actions"] == 0
+        assert policies["static-oracle"]["gpu_hours_vs_oracle"] == 1.0
+        assert all(r["gpu_hours"] > 0 for r in policies.values())
+    assert [r["policy"] for r in result["mean_over_seeds"]] == [
+        "static-oracle", "static-at-phase-peak", "hpa-like", "phase"]
 
 
 @pytest.mark.usefixtures("perf_csv", "azure_trace_path")

@@ -112,7 +112,7 @@ class DecodeBudget(_message.Message):
     def __init__(self, max_tokens: _Optional[int] = ..., max_thinking_tokens: _Optional[int] = ..., deadline: _Optional[float] = ..., max_total_tokens: _Optional[int] = ..., starts_in_thinking: _Optional[bool] = ...) -> None: ...
 
 class DecodeRequest(_message.Message):
-    __slots__ = ("request_id", "reservation_token", "first_token_id", "prompt_token_ids", "colocated", "sampling", "budget", "output_token_ids")
+    __slots__ = ("request_id", "reservation_token", "first_token_id", "prompt_token_ids", "colocated", "sampling", "budget", "output_token_ids", "return_hidden_state", "probe_budgets")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     RESERVATION_TOKEN_FIELD_NUMBER: _ClassVar[int]
     FIRST_TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
@@ -121,6 +121,8 @@ class DecodeRequest(_message.Message):
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
     BUDGET_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    RETURN_HIDDEN_STATE_FIELD_NUMBER: _ClassVar[int]
+    PROBE_BUDGETS_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     reservation_token: bytes
     first_token_id: int
@@ -129,10 +131,20 @@ class DecodeRequest(_message.Message):
     sampling: _inference_pb2.SamplingParams
     budget: DecodeBudget
     output_token_ids: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, request_id: _Optional[str] = ..., reservation_token: _Optional[bytes] = ..., first_token_id: _Optional[int] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., colocated: _Optional[bool] = ..., sampling: _Optional[_Union[_inference_pb2.SamplingParams, _Mapping]] = ..., budget: _Optional[_Union[DecodeBudget, _Mapping]] = ..., output_token_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+    return_hidden_state: bool
+    probe_budgets: _containers.RepeatedCompositeFieldContainer[ProbeBudget]
+    def __init__(self, request_id: _Optional[str] = ..., reservation_token: _Optional[bytes] = ..., first_token_id: _Optional[int] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., colocated: _Optional[bool] = ..., sampling: _Optional[_Union[_inference_pb2.SamplingParams, _Mapping]] = ..., budget: _Optional[_Union[DecodeBudget, _Mapping]] = ..., output_token_ids: _Optional[_Iterable[int]] = ..., return_hidden_state: _Optional[bool] = ..., probe_budgets: _Optional[_Iterable[_Union[ProbeBudget, _Mapping]]] = ...) -> None: ...
+
+class ProbeBudget(_message.Message):
+    __slots__ = ("min_probe_difficulty", "max_thinking_tokens")
+    MIN_PROBE_DIFFICULTY_FIELD_NUMBER: _ClassVar[int]
+    MAX_THINKING_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    min_probe_difficulty: float
+    max_thinking_tokens: int
+    def __init__(self, min_probe_difficulty: _Optional[float] = ..., max_thinking_tokens: _Optional[int] = ...) -> None: ...
 
 class DecodeChunk(_message.Message):
-    __slots__ = ("request_id", "sample_index", "token_ids", "logprobs", "sections", "finish_reason", "finish_detail", "num_cached_prompt_tokens", "hidden_state")
+    __slots__ = ("request_id", "sample_index", "token_ids", "logprobs", "sections", "finish_reason", "finish_detail", "num_cached_prompt_tokens", "hidden_state", "probe_difficulty")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_INDEX_FIELD_NUMBER: _ClassVar[int]
     TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
@@ -142,6 +154,7 @@ class DecodeChunk(_message.Message):
     FINISH_DETAIL_FIELD_NUMBER: _ClassVar[int]
     NUM_CACHED_PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     HIDDEN_STATE_FIELD_NUMBER: _ClassVar[int]
+    PROBE_DIFFICULTY_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     sample_index: int
     token_ids: _containers.RepeatedScalarFieldContainer[int]
@@ -151,7 +164,8 @@ class DecodeChunk(_message.Message):
     finish_detail: str
     num_cached_prompt_tokens: int
     hidden_state: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, request_id: _Optional[str] = ..., sample_index: _Optional[int] = ..., token_ids: _Optional[_Iterable[int]] = ..., logprobs: _Optional[_Iterable[_Union[_inference_pb2.TokenLogprob, _Mapping]]] = ..., sections: _Optional[_Iterable[_Union[_inference_pb2.TokenSection, str]]] = ..., finish_reason: _Optional[_Union[_inference_pb2.FinishReason, str]] = ..., finish_detail: _Optional[str] = ..., num_cached_prompt_tokens: _Optional[int] = ..., hidden_state: _Optional[_Iterable[float]] = ...) -> None: ...
+    probe_difficulty: float
+    def __init__(self, request_id: _Optional[str] = ..., sample_index: _Optional[int] = ..., token_ids: _Optional[_Iterable[int]] = ..., logprobs: _Optional[_Iterable[_Union[_inference_pb2.TokenLogprob, _Mapping]]] = ..., sections: _Optional[_Iterable[_Union[_inference_pb2.TokenSection, str]]] = ..., finish_reason: _Optional[_Union[_inference_pb2.FinishReason, str]] = ..., finish_detail: _Optional[str] = ..., num_cached_prompt_tokens: _Optional[int] = ..., hidden_state: _Optional[_Iterable[float]] = ..., probe_difficulty: _Optional[float] = ...) -> None: ...
 
 class CancelRequest(_message.Message):
     __slots__ = ("request_id", "reason", "sample_indices")
@@ -176,7 +190,7 @@ class GetLoadRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class WorkerLoad(_message.Message):
-    __slots__ = ("worker_id", "role", "model", "num_running", "num_waiting", "num_queued_prompt_tokens", "num_kv_blocks_total", "num_kv_blocks_used", "num_kv_blocks_reserved", "accepting", "max_context", "layout")
+    __slots__ = ("worker_id", "role", "model", "num_running", "num_waiting", "num_queued_prompt_tokens", "num_kv_blocks_total", "num_kv_blocks_used", "num_kv_blocks_reserved", "accepting", "max_context", "layout", "num_requests_in_flight")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -189,6 +203,7 @@ class WorkerLoad(_message.Message):
     ACCEPTING_FIELD_NUMBER: _ClassVar[int]
     MAX_CONTEXT_FIELD_NUMBER: _ClassVar[int]
     LAYOUT_FIELD_NUMBER: _ClassVar[int]
+    NUM_REQUESTS_IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     role: WorkerRole
     model: str
@@ -201,4 +216,5 @@ class WorkerLoad(_message.Message):
     accepting: bool
     max_context: int
     layout: KVLayout
-    def __init__(self, worker_id: _Optional[str] = ..., role: _Optional[_Union[WorkerRole, str]] = ..., model: _Optional[str] = ..., num_running: _Optional[int] = ..., num_waiting: _Optional[int] = ..., num_queued_prompt_tokens: _Optional[int] = ..., num_kv_blocks_total: _Optional[int] = ..., num_kv_blocks_used: _Optional[int] = ..., num_kv_blocks_reserved: _Optional[int] = ..., accepting: _Optional[bool] = ..., max_context: _Optional[int] = ..., layout: _Optional[_Union[KVLayout, _Mapping]] = ...) -> None: ...
+    num_requests_in_flight: int
+    def __init__(self, worker_id: _Optional[str] = ..., role: _Optional[_Union[WorkerRole, str]] = ..., model: _Optional[str] = ..., num_running: _Optional[int] = ..., num_waiting: _Optional[int] = ..., num_queued_prompt_tokens: _Optional[int] = ..., num_kv_blocks_total: _Optional[int] = ..., num_kv_blocks_used: _Optional[int] = ..., num_kv_blocks_reserved: _Optional[int] = ..., accepting: _Optional[bool] = ..., max_context: _Optional[int] = ..., layout: _Optional[_Union[KVLayout, _Mapping]] = ..., num_requests_in_flight: _Optional[int] = ...) -> None: ...
