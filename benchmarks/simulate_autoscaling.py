@@ -87,6 +87,9 @@ def replay(plan: Plan, trace: Trace, part: Part, mode: AutoscaleMode, sizes: tup
         "sizes": list(sizes), "settings": settings,
         "peak_machines": {pool: max((p["desired"] for p in inside if p["pool"] == pool),
                                     default=0) for pool in ("prefill", "decode")},
+        "mean_machines": {pool: round(statistics.mean(
+            [p["desired"] for p in inside if p["pool"] == pool] or [0]), 2)
+            for pool in ("prefill", "decode")},
         "gpu_hours": round(measured["gpu_hours"], 2),
         "slo_met": measured["slo"]["is_met"],
         "slo_attainment": round(measured["slo"]["attainment"], 4),
@@ -117,8 +120,9 @@ def tune(plan: Plan, trace: Trace, pool: concurrent.futures.Executor) -> dict:
 def static_oracle(plan: Plan, trace: Trace, guess: tuple[int, int],
                   known: dict[tuple[int, int], dict]) -> tuple[int, int]:
     """The smallest static (prefill, decode) sizes meeting every SLO on the reported part, in
-    hindsight: from `guess` (doubled until it meets them), the smallest prefill pool beside its
-    decode pool, then the smallest decode pool beside that (more machines never hurt)."""
+    hindsight: from `guess` (grown one machine per pool until it meets them), the smallest prefill
+    pool beside its decode pool, then the smallest decode pool beside that (more machines never
+    hurt). A guess near the answer (the phase policy's mean sizes) takes a few runs."""
 
     def ok(sizes: tuple[int, int]) -> bool:
         if sizes not in known:
@@ -127,7 +131,7 @@ def static_oracle(plan: Plan, trace: Trace, guess: tuple[int, int],
 
     prefill, decode = guess
     while not ok((prefill, decode)):
-        prefill, decode = 2 * prefill, 2 * decode
+        prefill, decode = prefill + 1, decode + 1
     prefill = _smallest(lambda n: ok((n, decode)), prefill)
     return prefill, _smallest(lambda n: ok((prefill, n)), decode)
 
@@ -140,17 +144,10 @@ def static_run(plan: Plan, trace: Trace, sizes: tuple[int, int]) -> dict:
 
 
 def _smallest(is_enough, high: int) -> int:
-    # The smallest n in [1, high] with is_enough(n), given is_enough(high) and monotonicity;
-    # one run when `high` is already the smallest (a good guess), a bisection otherwise.
-    if high == 1 or not is_enough(high - 1):
-        return high
-    low, high = 1, high - 1
-    while low < high:
-        middle = (low + high) // 2
-        if is_enough(middle):
-            high = middle
-        else:
-            low = middle + 1
+    # The smallest n in [1, high] with is_enough(n), given is_enough(high) and monotonicity,
+    # stepping down from `high` (a guess near the answer).
+    while high > 1 and is_enough(high - 1):
+        high -= 1
     return high
 
 
@@ -163,7 +160,9 @@ def compare(plan: Plan, base: Trace, choices: dict, seed: int) -> dict:
                  **choices["utilization"]["setting"])
     peak = (phase["peak_machines"]["prefill"], phase["peak_machines"]["decode"])
     known = {peak: static_run(plan, trace, peak)}
-    oracle = static_oracle(plan, trace, peak, known)
+    mean = phase["mean_machines"]
+    oracle = static_oracle(plan, trace, (max(1, round(mean["prefill"])),
+                                         max(1, round(mean["decode"]))), known)
     rows = {"static-oracle": known[oracle], "static-at-phase-peak": known[peak],
             "hpa-like": hpa, "phase": phase}
     for row in rows.values():

@@ -142,16 +142,14 @@ def run_with_shared_prefill(engine: LLMEngine, prompts: list[list[int]], params:
     request_ids = [f"ttc-{i}" for i in range(len(prompts))]
     completions = {rid: Completion(rid, list(p), [], "", None, None, 0)
                    for rid, p in zip(request_ids, prompts)}
-    leaders = set(range(0, len(prompts), group))
-    for i in sorted(leaders):
-        engine.add_request(request_ids[i], prompts[i], params[i])
-    waiting_leaders = {request_ids[i] for i in leaders}
+    waiting_leaders = {request_ids[i]: i for i in range(0, len(prompts), group)}
+    for request_id, i in waiting_leaders.items():
+        engine.add_request(request_id, prompts[i], params[i])
     while engine.has_unfinished_requests():
         for output in engine.step():
             completions[output.request_id].add(output)
-            if output.request_id in waiting_leaders:
-                waiting_leaders.discard(output.request_id)
-                first = int(output.request_id.split("-")[1])
+            first = waiting_leaders.pop(output.request_id, None)
+            if first is not None:
                 for i in range(first + 1, min(first + group, len(prompts))):
                     engine.add_request(request_ids[i], prompts[i], params[i])
     return [completions[rid] for rid in request_ids]

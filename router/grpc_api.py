@@ -51,10 +51,12 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         tenant = await self._tenant(metadata, context)
         with server_span("tandem.v1.Inference/Generate", metadata, tenant=tenant.name, model=request.model):
             stream = self.service.generate(request, tenant, trace_context=otel_context.get_current())
+            # Written from a coroutine, not yielded from an async generator: grpc.aio may leave a
+            # cancelled generator paused at its yield, and then the workers are never cancelled.
             try:
                 async with contextlib.aclosing(stream):
                     async for response in stream:
-                        yield response
+                        await context.write(response)
             except RouterError as exc:
                 await _abort(context, exc)
             except Exception:

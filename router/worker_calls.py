@@ -98,7 +98,6 @@ class WorkerCalls:
             log.warning("cancel (%s) of worker request %s on %s not sent: %s", reason,
                         worker_request_id, handle.worker_id, exc)
             default_metrics().dropped_errors.labels(component="router", kind="cancel_failed").inc()
-            default_metrics().dropped_errors.labels(component="router", kind="cancel_failed").inc()
 
     def _classify(self, handle: WorkerHandle, exc: grpc.aio.AioRpcError) -> Exception:
         code = exc.code()

@@ -59,3 +59,12 @@ def test_bad_fields_are_invalid_argument_naming_the_field(endpoint, body, param)
         parse_request(endpoint, body)
     assert excinfo.value.code is ErrorCode.INVALID_ARGUMENT and excinfo.value.param == param
     assert excinfo.value.openai_body()["error"]["param"] == param
+
+
+def test_an_absent_n_stays_unset_and_an_explicit_one_is_kept():
+    # The openai client leaves n out unless the caller gives it: the policy then picks the samples.
+    assert not parse_request(Endpoint.CHAT, dict(CHAT)).generate.sampling.HasField("n")
+    explicit = parse_request(Endpoint.CHAT, {**CHAT, "n": 1}).generate.sampling
+    assert explicit.HasField("n") and explicit.n == 1
+    with_m = parse_request(Endpoint.CHAT, {**CHAT, "selection": "majority", "selection_m": 3})
+    assert with_m.generate.sampling.selection_m == 3 and not with_m.generate.sampling.HasField("n")
