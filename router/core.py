@@ -55,6 +55,8 @@ class RouterCore:
         arrived, arrived_at = time.monotonic(), time.time()
         request_id = request.request_id or uuid.uuid4().hex
         models = dict(self.models)  # one view of the served tiers for the whole request
+        if not self.brain.is_auto(request.model) and request.model not in models:
+            self._model(request.model, tenant, models)  # UNAVAILABLE for a tier between workers
         outcome = await self.brain.before_prefill(request, tenant, models)
         model = self._model(outcome.model, tenant, models)
         request, defaults = within_tenant_limits(request, outcome.defaults, tenant.policy, tenant.name)
