@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 demo: setup
-	$(VENV)/bin/tandem demo
+	$(VENV)/bin/tandem demo --model smollm2
 
 test: setup
 	$(PY) -m pytest -q

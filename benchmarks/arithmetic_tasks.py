@@ -66,10 +66,10 @@ def make_problem(rng: random.Random, num_ops: int, num_digits: int) -> Problem:
     return Problem(" ".join(sentences), total, num_ops, num_digits)
 
 
-def make_problems(num_problems: int, seed: int) -> list[Problem]:
-    """`num_problems` problems cycling through the 9 sizes (1-3 operations x 1-3 digits)."""
+def make_problems(num_problems: int, seed: int, max_digits: int = 3) -> list[Problem]:
+    """`num_problems` problems cycling through the sizes (1-3 operations x 1-max_digits digits)."""
     rng = random.Random(seed)
-    sizes = [(ops, digits) for ops in (1, 2, 3) for digits in (1, 2, 3)]
+    sizes = [(ops, digits) for ops in (1, 2, 3) for digits in range(1, max_digits + 1)]
     return [make_problem(rng, *sizes[i % len(sizes)]) for i in range(num_problems)]
 
 

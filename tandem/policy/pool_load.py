@@ -110,9 +110,10 @@ class PoolLoadReader:
             before = self._remember(self._routers, pod_id, scraped)
             if before is None:
                 continue
-            for name in models & before.latency_buckets.keys():
+            # A series the router did not have at its previous scrape started from zero since.
+            for name in models:
                 increases.append(bucket_deltas(scraped.latency_buckets.get(name, {}),
-                                               before.latency_buckets[name]))
+                                               before.latency_buckets.get(name, {})))
         return histogram_quantile(0.9, add_buckets(increases))
 
     @staticmethod

@@ -14,7 +14,7 @@ import heapq
 from dataclasses import dataclass, field
 
 from tandem.policy import worker_choice
-from tandem.sim.config import SimConfig
+from tandem.sim.config import AutoscaleMode, SimConfig
 from tandem.sim.machine import Machine, Requests
 from tandem.sim.pools import Pool, build_pools
 from tandem.sim.scaling import ScalingDriver
@@ -61,7 +61,9 @@ class Simulator:
         self._pool_by_name = {p.name: p for p in self.pools}
         self.prefix_index = worker_choice.PrefixIndex(max_blocks_per_worker=100_000)
         self.routing = RoutingStats()
-        self.router = RouterTelemetry(config.model)
+        # What the router measures; only autoscalers read it, so a static run skips the cost.
+        self.router = (RouterTelemetry(config.model)
+                       if config.autoscale is not AutoscaleMode.STATIC else None)
         self.scaling = ScalingDriver(config, self)
         self._heap: list[tuple] = []
         self._seq = 0
@@ -177,15 +179,16 @@ class Simulator:
         return self.prefill_pool.by_id[picked.worker_id]
 
     def _iteration_end(self, machine: Machine, now: float) -> None:
-        reqs = self.reqs
-        if machine.iter_batch:
+        reqs, router = self.reqs, self.router
+        if machine.iter_batch and router is not None:
             self._observe_token_gaps(machine, now)
         prefilled, finished = machine.finish_iteration(reqs)
         for rid in finished:
             reqs.finish_s[rid] = now
         for rid in prefilled:
             reqs.first_token_s[rid] = now
-            self.router.ttft.observe(now - self.arrivals[rid])
+            if router is not None:
+                router.ttft.observe(now - self.arrivals[rid])
             if self.hashes is not None:
                 machine.remember_prefix(self.hashes[rid])
             decode = self.machines[reqs.decode_machine[rid]]

@@ -33,7 +33,8 @@ def test_the_prefill_worker_and_its_probe_import_no_router_module(tmp_path):
     ProbeHead.fit(rng.normal(size=(60, 8)), rng.integers(-1, 2, size=60)).save(tmp_path)
     code = ("import sys, json\n"
             "import prefill_worker.main, prefill_worker.service\n"
-            f"probe = prefill_worker.main._load_probe({str(tmp_path)!r})\n"
+            "from tandem.serving.worker_probe import load_probe\n"
+            f"probe = load_probe({str(tmp_path)!r}, hidden_size=8)\n"
             "assert probe.hidden_size == 8\n"
             f"print({ROUTER_MODULES})\n")
     assert _imported(code) == []

@@ -167,6 +167,23 @@ async def test_latencies_come_from_the_router_ttft_to_prefill_and_itl_to_decode(
     assert quiet.ttft_p90_s is None
 
 
+async def test_latency_of_a_model_the_router_first_serves_between_two_scrapes_counts(k8s, kube,
+                                                                                      processes):
+    # The router creates a model's series with its first request: those first tokens count.
+    prefill, router = await processes("prefill-0"), await processes("router-a")
+    _pod(k8s, "prefill-0", prefill.port, PREFILL.labels())
+    _pod(k8s, "router-a", router.port, ROUTER_LABELS)
+    prefill.metrics.kv_blocks_total.labels(**prefill.worker()).set(1000)
+    clock = Clock()
+    async with aiohttp.ClientSession() as http:
+        source = ScrapeSource(kube, http, clock=clock)
+        assert (await source.read_load(PREFILL)).ttft_p90_s is None
+        clock.now += 15
+        router.metrics.ttft_seconds.labels(worker="router", model=MODEL).observe(3.0)
+        load = await source.read_load(PREFILL)
+    assert 2.5 < load.ttft_p90_s <= 5.0
+
+
 async def test_a_pod_that_does_not_answer_makes_the_load_unknown(k8s, kube, processes):
     process = await processes("decode-a")
     _pod(k8s, "decode-a", process.port, DECODE.labels())

@@ -22,9 +22,9 @@ from tandem_operator.autoscale.metrics import (
     MetricsUnavailable,
     PoolRef,
 )
-from tandem_operator.autoscale.mode import ScalingMode, pool_scaling_mode
+from tandem_operator.autoscale.mode import ModeOf, ScalingMode, pool_scaling_mode
 from tandem_operator.kube import KubeError
-from tandem_operator.spec import AutoscalingSpec, DeploymentSpec, PoolSpec, pool_autoscaling_config
+from tandem_operator.spec import AutoscalingSpec, DeploymentSpec, pool_autoscaling_config
 from tandem_operator.status import WorkloadState
 
 
@@ -51,9 +51,7 @@ class DeploymentAutoscaler:
     """Runs the shared policy for every autoscaled pool of one TandemDeployment."""
 
     def __init__(self, source_factory: Callable[[AutoscalingSpec], MetricsSource],
-                 connector: ScalingConnector,
-                 scaling_mode: Callable[[AutoscalingSpec, PoolSpec], ScalingMode] = pool_scaling_mode,
-                 ) -> None:
+                 connector: ScalingConnector, scaling_mode: ModeOf = pool_scaling_mode) -> None:
         self._source_factory = source_factory
         self._connector = connector
         self._scaling_mode = scaling_mode
@@ -73,10 +71,7 @@ class DeploymentAutoscaler:
                 if mode is ScalingMode.FIXED or state is None:
                     continue
                 if mode is ScalingMode.EXTERNAL:
-                    decisions.append(_decision(pool, state.num_desired, ScalingDecision(
-                        state.num_desired, f"replicas set by an external scaler (HPA or KEDA, "
-                        f"through the Deployment's scale subresource): {state.num_ready} of "
-                        f"{state.num_desired} ready", False)))
+                    decisions.append(_external(pool, state))
                     continue
                 seen.add(pool.name)
                 config = pool_autoscaling_config(spec.autoscaling, pool_spec)
@@ -117,6 +112,13 @@ class DeploymentAutoscaler:
 
 def _source_key(autoscaling: AutoscalingSpec) -> tuple[Any, ...]:
     return autoscaling.metrics_source, autoscaling.prometheus_url, autoscaling.rate_window
+
+
+def _external(pool: PoolRef, state: WorkloadState) -> PoolDecision:
+    # An HPA or KEDA owns the pool: report its size, read and write nothing.
+    return _decision(pool, state.num_desired, ScalingDecision(
+        state.num_desired, f"replicas set by an external scaler (HPA or KEDA, through the "
+        f"Deployment's scale subresource): {state.num_ready} of {state.num_desired} ready", False))
 
 
 def _decision(pool: PoolRef, current: int, decision: ScalingDecision) -> PoolDecision:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 
 from tandem_operator.spec import AutoscalingSpec, PoolSpec
 
@@ -15,6 +16,9 @@ class ScalingMode(str, enum.Enum):
                            # scale subresource; neither the autoscaler nor the reconciler writes
                            # its replicas
     FIXED = "fixed"        # `replicas` from the spec, kept by the reconciler
+
+
+ModeOf = Callable[[AutoscalingSpec, PoolSpec], ScalingMode]  # who sizes a pool, from the spec
 
 
 def pool_scaling_mode(autoscaling: AutoscalingSpec, pool: PoolSpec) -> ScalingMode:
