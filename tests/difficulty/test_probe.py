@@ -14,7 +14,7 @@ from tandem.difficulty.probe import ProbeHead
 from tandem.difficulty.training.data import RoutingDataset
 from tandem.difficulty.training.hidden_states import CachedHiddenStates, EngineHiddenStates
 from tandem.difficulty.training.metrics import routing_metrics
-from tandem.difficulty.training.probe_estimator import ProbeEstimator
+from tandem.difficulty.training.probe_estimator import REGULARIZATION_GRID, ProbeEstimator
 
 HIDDEN_SIZE = 48
 
@@ -155,3 +155,26 @@ def test_hidden_states_are_cached_per_model_and_prompt_format(tiny_model, tmp_pa
     np.testing.assert_array_equal(states[1:], first[::-1])
     with pytest.raises(ValueError, match="router's tokenization"):
         CachedHiddenStates(EngineHiddenStates(tiny_model, tokenize=plain_tokenizer(tiny_model)))
+
+
+def test_without_a_given_strength_the_probe_picks_one_on_its_training_domains_only():
+    states, gain, _ = synthetic_states(240, seed=3)
+    prompts = [f"prompt {i}" for i in range(240)]
+    table = dict(zip(prompts, states))
+    seen: set[str] = set()
+
+    def source(batch):
+        seen.update(batch)
+        return np.stack([table[p] for p in batch])
+
+    dataset = RoutingDataset(prompts, gain <= 0, gain >= 0, [f"d{i % 6}" for i in range(240)])
+    train = dataset.subset(np.arange(180))
+    probe = ProbeEstimator(source, "synthetic").fit(train)
+    assert probe.head.metadata["regularization"] in REGULARIZATION_GRID
+    assert probe.head.metadata["regularization_selected"] is True
+    assert seen == set(prompts[:180])  # the inner folds never touch rows outside `train`
+    scores = probe.score(prompts[180:])
+    assert routing_metrics(scores, gain[180:] <= 0, gain[180:] >= 0).apgr > 0.8
+    fixed = ProbeEstimator(source, "synthetic", regularization=0.5).fit(train)
+    assert fixed.head.metadata["regularization"] == 0.5
+    assert fixed.head.metadata["regularization_selected"] is False

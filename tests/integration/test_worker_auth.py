@@ -114,8 +114,8 @@ def test_a_local_cluster_without_a_token_writes_a_private_one_its_processes_read
     assert cluster.worker_token_file.parent == tmp_path
     assert os.stat(cluster.worker_token_file).st_mode & 0o777 == 0o600
     commands = {"router": (router.main, cluster._router_args()),
-                "decode": (decode_worker.main, cluster._worker_args("decode", 0)),
-                "prefill": (prefill_worker.main, cluster._worker_args("prefill", 0))}
+                "decode": (decode_worker.main, cluster._worker_args("decode", "decode-0", None)),
+                "prefill": (prefill_worker.main, cluster._worker_args("prefill", "prefill-0", None))}
     for name, (module, argv) in commands.items():
         parser = argparse.ArgumentParser()
         module.add_arguments(parser)

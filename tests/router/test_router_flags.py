@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -15,8 +16,12 @@ bands:
 
 
 def _router(*flags: str) -> subprocess.CompletedProcess:
+    # Without a token file from the environment (other test folders export one), so that
+    # --insecure-no-worker-auth is the only worker-auth setting.
+    env = {k: v for k, v in os.environ.items() if k != "TANDEM_WORKER_TOKEN_FILE"}
     return subprocess.run([sys.executable, "-m", "tandem.cli", "router", "--insecure-no-worker-auth",
-                           "--discovery", "static", *flags], capture_output=True, text=True, timeout=120)
+                           "--discovery", "static", *flags], capture_output=True, text=True,
+                          timeout=120, env=env)
 
 
 @pytest.fixture
