@@ -74,3 +74,25 @@ def mixed_prompts(vocab_size: int, count: int, seed: int = 0) -> list[list[int]]
     rng = random.Random(seed)
     lengths = [rng.choice([3, 9, 17, 40, 95, 160, 300]) for _ in range(count)]
     return [[rng.randrange(3, vocab_size) for _ in range(n)] for n in lengths]
+
+
+def train_features_estimator(tmp_path) -> str:
+    """Trains the features estimator with `tandem difficulty train` on labels where arithmetic
+    questions are easy and long proofs are hard; returns its folder."""
+    import csv
+    import subprocess
+    import sys
+
+    rows = [(f"What is {i} plus {i}?", True, True) for i in range(40)]
+    rows += [(f"Prove theorem {i}: the integral of x^{i} dx, showing each step of the calculus "
+              f"and every lemma used along the way.", False, True) for i in range(40)]
+    data = tmp_path / "labels.csv"
+    with data.open("w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(["prompt", "weak", "strong"])
+        writer.writerows(rows)
+    out = tmp_path / "estimator"
+    subprocess.run([sys.executable, "-m", "tandem.cli", "difficulty", "train", "--data", str(data),
+                    "--weak-col", "weak", "--strong-col", "strong", "--estimator", "features",
+                    "--out", str(out)], check=True, capture_output=True, timeout=180)
+    return str(out)

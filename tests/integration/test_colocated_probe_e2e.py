@@ -10,7 +10,8 @@ import pytest
 from tandem.api.v1 import inference_pb2
 from tandem.local_cluster import LocalCluster, LocalClusterConfig
 from tests.integration.helpers import router_stub
-from tests.integration.test_difficulty_routing_e2e import HARD, _train_estimator
+from tests.integration.helpers import train_features_estimator
+from tests.integration.test_difficulty_routing_e2e import HARD
 
 pytestmark = pytest.mark.slow
 EASY_THINKING, HARD_THINKING = 1, 8
@@ -49,7 +50,7 @@ def cluster(tiny_model_dir, tmp_path_factory, reference_engine):
     tmp = tmp_path_factory.mktemp("colocated-probe")
     config = LocalClusterConfig(
         model=str(tiny_model_dir), num_prefill=0, num_decode=1, num_blocks=256,
-        router_args=["--estimator", _train_estimator(tmp), "--policy", _policy(tmp, tiny_model_dir.name)],
+        router_args=["--estimator", train_features_estimator(tmp), "--policy", _policy(tmp, tiny_model_dir.name)],
         decode_args=["--probe", _easy_probe(tmp, reference_engine.model_config.hidden_size)])
     with LocalCluster(config, tmp / "run") as running:
         yield running

@@ -3,36 +3,16 @@ and the prefill worker's probe reports a difficulty read off the prompt's hidden
 
 from __future__ import annotations
 
-import csv
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 
 from tandem.api.v1 import inference_pb2
 from tandem.local_cluster import LocalCluster, LocalClusterConfig
-from tests.integration.helpers import router_stub
+from tests.integration.helpers import router_stub, train_features_estimator
 
 pytestmark = pytest.mark.slow
 HARD = "Prove that the integral of x^2 dx from 0 to 3 equals 9, showing every step of the calculus."
 EASY = "Hi"
-
-
-def _train_estimator(tmp_path) -> str:
-    rows = [(f"What is {i} plus {i}?", True, True) for i in range(40)]
-    rows += [(f"Prove theorem {i}: the integral of x^{i} dx, showing each step of the calculus "
-              f"and every lemma used along the way.", False, True) for i in range(40)]
-    data = tmp_path / "labels.csv"
-    with data.open("w", newline="") as file:
-        writer = csv.writer(file)
-        writer.writerow(["prompt", "weak", "strong"])
-        writer.writerows(rows)
-    out = tmp_path / "estimator"
-    subprocess.run([sys.executable, "-m", "tandem.cli", "difficulty", "train", "--data", str(data),
-                    "--weak-col", "weak", "--strong-col", "strong", "--estimator", "features",
-                    "--out", str(out)], check=True, capture_output=True, timeout=120)
-    return str(out)
 
 
 def _train_probe(tmp_path, hidden_size: int) -> str:
@@ -65,7 +45,7 @@ def cluster(tiny_model_dir, tmp_path_factory, reference_engine):
     tmp = tmp_path_factory.mktemp("difficulty")
     config = LocalClusterConfig(
         model=str(tiny_model_dir), num_prefill=1, num_decode=1, num_blocks=512,
-        router_args=["--estimator", _train_estimator(tmp), "--policy", _policy(tmp, tiny_model_dir.name)],
+        router_args=["--estimator", train_features_estimator(tmp), "--policy", _policy(tmp, tiny_model_dir.name)],
         prefill_args=["--probe", _train_probe(tmp, reference_engine.model_config.hidden_size)])
     with LocalCluster(config, tmp / "run") as running:
         yield running

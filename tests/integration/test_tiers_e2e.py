@@ -5,16 +5,14 @@ which tier served it, at what difficulty, by which estimator."""
 
 from __future__ import annotations
 
-import csv
 import json
-import subprocess
-import sys
 
 import grpc
 import pytest
 
 from tandem.api.v1 import inference_pb2, inference_pb2_grpc
 from tandem.local_cluster import LocalCluster, LocalClusterConfig, TierConfig
+from tests.integration.helpers import train_features_estimator
 
 pytestmark = pytest.mark.slow
 HARD = "Prove that the integral of x^2 dx from 0 to 3 equals 9, showing every step of the calculus."
@@ -28,22 +26,6 @@ bands:
   - {{range: [0.5, 1.0], tier: large, thinking: true, thinking_budget: 3, answer_budget: 4,
      temperature: 0.8, num_samples: {HARD_SAMPLES}, selection: majority_of_first_m, majority_m: 2}}
 """
-
-
-def _train_estimator(tmp_path) -> str:
-    rows = [(f"What is {i} plus {i}?", True, True) for i in range(40)]
-    rows += [(f"Prove theorem {i}: the integral of x^{i} dx, showing each step of the calculus "
-              f"and every lemma used along the way.", False, True) for i in range(40)]
-    data = tmp_path / "labels.csv"
-    with data.open("w", newline="") as file:
-        writer = csv.writer(file)
-        writer.writerow(["prompt", "weak", "strong"])
-        writer.writerows(rows)
-    out = tmp_path / "estimator"
-    subprocess.run([sys.executable, "-m", "tandem.cli", "difficulty", "train", "--data", str(data),
-                    "--weak-col", "weak", "--strong-col", "strong", "--estimator", "features",
-                    "--out", str(out)], check=True, capture_output=True, timeout=180)
-    return str(out)
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +43,7 @@ def cluster(tmp_path_factory):
     config = LocalClusterConfig(
         tiers=[TierConfig("small", str(small), num_prefill=1, num_decode=1),
                TierConfig("large", str(large), num_prefill=0, num_decode=1)],
-        num_blocks=256, router_args=["--estimator", _train_estimator(tmp), "--policy", str(policy),
+        num_blocks=256, router_args=["--estimator", train_features_estimator(tmp), "--policy", str(policy),
                                      "--deployment-name", "assistant"])
     with LocalCluster(config, tmp / "run") as running:
         yield running
