@@ -70,8 +70,8 @@ def resolve_model_dir(model: str) -> Path:
     return cache
 
 
-def build_engine(args: argparse.Namespace):
-    """Loads the model and builds an LLMEngine from the worker flags."""
+def build_engine(args: argparse.Namespace, model_dir: Path):
+    """Loads the model from model_dir (resolved from --model) and builds an LLMEngine from the worker flags."""
     from tandem.engine.engine_config import EngineConfig
     from tandem.engine.llm_engine import LLMEngine
 
@@ -87,7 +87,7 @@ def build_engine(args: argparse.Namespace):
         device=args.device,
         debug_kv_canary=args.debug_kv_canary,
     )
-    return LLMEngine(resolve_model_dir(args.model), config)
+    return LLMEngine(model_dir, config)
 
 
 def worker_id(args: argparse.Namespace, port: int) -> str:

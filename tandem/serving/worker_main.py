@@ -48,11 +48,13 @@ async def serve_worker(args: argparse.Namespace, role: str,
     configure_logging(args.log_level)
     worker_token = worker_token_from_args(args)  # before the model loads: a missing token fails fast
     tracer_provider = setup_tracing(f"tandem-{role}")
-    engine = await asyncio.to_thread(build_engine, args)
+    # Resolved once: for a GGUF file this hashes the whole file to find its converted folder.
+    model_dir = await asyncio.to_thread(resolve_model_dir, args.model)
+    engine = await asyncio.to_thread(build_engine, args, model_dir)
     loop = EngineLoop(engine)
     loop.start()
     # The resolved folder's name, as the router derives it, so both agree for aliases and files.
-    model_name = args.model_name or resolve_model_dir(args.model).name
+    model_name = args.model_name or model_dir.name
     identity = WorkerIdentity.of_engine(engine, worker_id(args, args.grpc_port), model_name)
     parts = await setup(loop, identity)
     server = WorkerServer([parts.binding], args.host, args.grpc_port, worker_token=worker_token)
