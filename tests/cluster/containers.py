@@ -37,17 +37,21 @@ class Image:
         ("HOME", "/tmp"), ("PYTHONUNBUFFERED", "1"))
     user: int = 10001
     working_dir: str = "/"
-    # Host folders the image holds although a parent is closed to its user (the interpreter).
-    carried: tuple[str, ...] = field(default_factory=lambda: _closed_interpreter())
+    # Host folders the image holds that the pod would not otherwise see (see `_carried_paths`).
+    carried: tuple[str, ...] = field(default_factory=lambda: _carried_paths())
 
 
-def _closed_interpreter() -> tuple[str, ...]:
+def _carried_paths() -> tuple[str, ...]:
+    # The interpreter when a parent folder is closed to the pod's user; the checkout (the image's
+    # code and virtualenv) when it lies in a folder an image holds empty.
+    carried = []
     prefix = os.path.realpath(sys.base_prefix)
     parts = prefix.split("/")
-    for depth in range(2, len(parts)):
-        if not os.stat("/".join(parts[:depth])).st_mode & 0o001:
-            return (prefix,)
-    return ()
+    if any(not os.stat("/".join(parts[:depth])).st_mode & 0o001 for depth in range(2, len(parts))):
+        carried.append(prefix)
+    if REPO.parts[1] in ("tmp", "run"):
+        carried.append(str(REPO))
+    return tuple(carried)
 
 
 class EnvError(Exception):

@@ -2,7 +2,8 @@
 
 The kubelet starts `ip netns exec POD unshare --mount --uts --ipc python pod_init.py SPEC.json`.
 The root is a fresh tmpfs holding bind mounts of the host's top-level folders (standing in for
-the image) minus /tmp and /run (empty, as in an image); volumes are mounted at their mountPaths.
+the image) minus /tmp and /run (empty, as in an image); volumes are mounted at their mountPaths; then the
+carried paths (the interpreter, and the checkout when it lies under /tmp or /run) are bound in.
 A mountPath whose parent lies in a host folder gets an overlay on that parent first, so creating
 the mountpoint never writes to the host. Then: read-only root if asked, hostname, chroot, and
 exec through `setpriv` as the pod's user. Standard library only: it runs before anything else.
@@ -56,10 +57,15 @@ class RootBuilder:
                 else:
                     _mount("--rbind", source, target)
                     self.root_mounts.append(target)
+
+    def carry(self, carried: list[str]) -> None:
+        """Binds each carried host path at the same path in the pod. Runs after the volumes, so a
+        checkout under /tmp stays visible beneath the pod's own /tmp volume."""
         for path in carried:
-            os.makedirs(self.root + path)
-            _mount("--rbind", path, self.root + path)
-            self.root_mounts.append(self.root + path)
+            target = self.in_root(path)
+            self._ensure(target, is_file=False)
+            _mount("--rbind", path, target)
+            self.root_mounts.append(target)
 
     def add_volume(self, mount: dict) -> None:
         """Mounts one volume (bind of a host path, or a tmpfs) at its mountPath."""
@@ -143,6 +149,7 @@ def main(spec_path: str) -> None:
     builder.build_image(spec["carried"])
     for mount in sorted(spec["mounts"], key=lambda m: m["target"].count("/")):
         builder.add_volume(mount)
+    builder.carry(spec["carried"])
     if spec["read_only_root"]:
         builder.make_read_only()
     socket.sethostname(spec["hostname"])
