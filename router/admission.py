@@ -7,8 +7,8 @@ spend once the request is planned (the real prompt plus every sample's budget, a
 policy set them; refused then if the tenant's bucket cannot cover it), corrects the charge with
 the usage reported on the stream's last message, and counts `tandem_requests_total{outcome, model}`.
 Before admission it refuses a bad request id and input too large for the model's context, so that
-a huge request costs nothing. The model label is a served model's name, "auto" (none asked for)
-or "unknown": a client's made-up name never becomes a metric series.
+a huge request costs nothing. The model label is a served model's name, "auto" (none asked for,
+"auto", or the deployment's own name) or "unknown": a client's made-up name never becomes a metric series.
 """
 
 from __future__ import annotations
@@ -57,12 +57,14 @@ class AdmittedService:
     def __init__(self, inner: GenerationService, quotas: QuotaPolicy, *, metrics: Metrics | None = None,
                  clock: Callable[[], float] = time.monotonic,
                  estimate_tokens: Callable[[inference_pb2.GenerateRequest], int] = estimate_request_tokens,
+                 is_auto_model: Callable[[str], bool] = lambda model: not model,
                  ) -> None:
         self.inner = inner
         self.quotas = quotas
         self.metrics = metrics
         self.clock = clock
         self.estimate_tokens = estimate_tokens
+        self.is_auto_model = is_auto_model  # "auto" and the deployment's name let the router choose
         # The front doors run on one event loop, but a metrics scrape or a test may read from another thread.
         self._lock = threading.Lock()
 
@@ -133,7 +135,7 @@ class AdmittedService:
 
     def _count(self, outcome: str, model: str, served: dict[str, int]) -> None:
         if self.metrics is not None:
-            label = model if model in served else "unknown" if model else "auto"
+            label = model if model in served else "auto" if self.is_auto_model(model) else "unknown"
             self.metrics.requests.labels(outcome=outcome, model=label).inc()
 
 

@@ -138,7 +138,7 @@ def _build_service(args: argparse.Namespace, pool: WorkerPool, tokenizers: dict[
                          auto_names=frozenset(args.deployment_name), **difficulty)
     core = RouterCore(catalog, dispatcher, brain)
     quotas = QuotaPolicy(QuotaConfig(max_concurrent_requests=args.max_concurrent_requests))
-    return AdmittedService(core, quotas, metrics=default_metrics()), catalog
+    return AdmittedService(core, quotas, metrics=default_metrics(), is_auto_model=brain.is_auto), catalog
 
 
 def _load_tokenizers(sources: dict[str, str]) -> dict[str, object]:

@@ -84,3 +84,23 @@ async def test_a_plan_the_bucket_cannot_cover_is_refused_before_any_worker_is_us
     assert dispatcher.seen == []
     quotas.release(held, 0, now=1000.0)
     assert quotas.available_tokens("acme", now=1000.0) == pytest.approx(6000)
+
+
+@pytest.mark.parametrize("asked", ["auto", "assistant", ""])
+async def test_a_refusal_for_a_model_left_to_the_router_is_counted_as_auto(model, asked):
+    quotas = QuotaPolicy()
+    dispatcher = QuotaWatchingDispatcher(quotas)
+    brain = RoutingBrain(default_model="tiny", estimator=ConstantEstimator(), policy=POLICY,
+                         auto_names=frozenset({"assistant"}))
+    metrics = Metrics.create()
+    service = AdmittedService(RouterCore({"tiny": model}, dispatcher, brain), quotas,
+                              metrics=metrics, clock=lambda: 1000.0, is_auto_model=brain.is_auto)
+    tenant = Tenant("acme", quota=TenantQuota(tokens_per_minute=6000))
+    quotas.admit(tenant, 6000 - 200, now=1000.0)  # another request holds most of the bucket
+    with pytest.raises(RouterError):
+        async for _ in service.generate(
+                inference_pb2.GenerateRequest(prompt="Name three rivers.", model=asked), tenant):
+            pass
+    refused = metrics.requests.labels(outcome="rejected_quota", model="auto")._value.get()
+    assert refused == 1
+    assert metrics.requests.labels(outcome="rejected_quota", model="unknown")._value.get() == 0
