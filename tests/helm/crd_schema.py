@@ -3,8 +3,9 @@
 The CRD's `openAPIV3Schema` is JSON Schema draft 4 in its keywords (boolean exclusiveMinimum,
 oneOf/anyOf), so `jsonschema.Draft4Validator` checks it. Like `kubectl apply` (server-side strict
 field validation), unknown fields are errors: objects that list `properties` and do not preserve
-unknown fields get `additionalProperties: false`. CEL rules (`x-kubernetes-validations`) are not
-evaluated here; the operator's parser checks the same rules and has its own tests.
+unknown fields get `additionalProperties: false`. `api_server_errors` adds what the API server
+checks beyond JSON Schema: the CEL rules (`x-kubernetes-validations`, evaluated with cel-python)
+and the uniqueness of `x-kubernetes-list-type: map` keys.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import celpy
 import jsonschema
 
 JUNCTORS = ("allOf", "anyOf", "oneOf", "not")
@@ -81,3 +83,40 @@ def cel_rules(schema: dict[str, Any]) -> list[str]:
         if isinstance(schema.get(key), dict):
             rules += cel_rules(schema[key])
     return rules
+
+
+def api_server_errors(crd: dict[str, Any], resource: dict[str, Any]) -> list[str]:
+    """Why the API server would refuse the resource: schema, list-map keys and CEL rules."""
+    errors = [f"{'.'.join(map(str, e.absolute_path))}: {e.message}"
+              for e in validator(crd).iter_errors(resource)]
+    if errors:  # the API server evaluates CEL only on objects that pass the schema
+        return errors
+    schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    return _semantic_errors(schema, resource, "")
+
+
+def _semantic_errors(schema: dict[str, Any], value: Any, path: str) -> list[str]:
+    errors = []
+    for entry in schema.get("x-kubernetes-validations", []):
+        program = _CEL.program(_CEL.compile(entry["rule"]))
+        result = program.evaluate({"self": celpy.json_to_cel(value)})
+        if not (isinstance(result, celpy.celtypes.BoolType) and result):  # errors refuse too
+            errors.append(f"{path or '/'}: {entry['message']} ({entry['rule']})")
+    if isinstance(value, dict):
+        for name, child in (schema.get("properties") or {}).items():
+            if name in value:
+                errors += _semantic_errors(child, value[name], f"{path}.{name}")
+        if isinstance(schema.get("additionalProperties"), dict):
+            for name, child in value.items():
+                errors += _semantic_errors(schema["additionalProperties"], child, f"{path}.{name}")
+    if isinstance(value, list) and isinstance(schema.get("items"), dict):
+        keys = [tuple(item.get(k) for k in schema.get("x-kubernetes-list-map-keys", []))
+                for item in value]
+        if schema.get("x-kubernetes-list-type") == "map" and len(set(keys)) != len(keys):
+            errors.append(f"{path}: duplicate entries for keys {keys}")
+        for index, item in enumerate(value):
+            errors += _semantic_errors(schema["items"], item, f"{path}[{index}]")
+    return errors
+
+
+_CEL = celpy.Environment()

@@ -94,8 +94,8 @@ def test_default_install_is_a_namespaced_operator_with_least_privilege():
     assert role["metadata"]["namespace"] == NAMESPACE
     for rule in role["rules"]:
         assert "*" not in rule["verbs"] and "*" not in rule["resources"]
-        # Worker token Secrets are created, never read: the operator sees no other Secret.
-        assert "secrets" not in rule["resources"] or rule["verbs"] == ["create"]
+        # Secrets: created (worker tokens) and looked up by name, never listed, watched or patched.
+        assert "secrets" not in rule["resources"] or rule["verbs"] == ["get", "create"]
     (cluster_role,) = _by_kind(objects, "ClusterRole")  # peering only
     assert {r for rule in cluster_role["rules"] for r in rule["resources"]} == {"clusterkopfpeerings"}
     (operator,) = _by_kind(objects, "Deployment")
