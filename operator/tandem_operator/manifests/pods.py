@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import posixpath
 from typing import Any
 
 from tandem_operator.naming import (
@@ -11,7 +12,14 @@ from tandem_operator.naming import (
     worker_token_name,
     workload_labels,
 )
-from tandem_operator.spec import MODEL_MOUNT_DIR, DeploymentSpec, ModelSource, PoolSpec, TierSpec
+from tandem_operator.spec import (
+    MODEL_MOUNT_DIR,
+    DeploymentSpec,
+    FolderSpec,
+    ModelSource,
+    PoolSpec,
+    TierSpec,
+)
 
 GRPC_PORT = 50051
 HTTP_PORT = 8000
@@ -20,6 +28,7 @@ KV_PORT = 13337
 RUN_AS_USER = 10001
 WORKER_GRACE_S = 60  # the workers drain in-flight requests for up to 30 s on SIGTERM
 POLICY_DIR = "/etc/tandem/policy"
+ESTIMATOR_DIR = "/etc/tandem/estimator"
 API_KEYS_DIR = "/etc/tandem/api-keys"
 TLS_DIR = "/etc/tandem/tls"
 WORKER_TOKEN_DIR = "/etc/tandem/worker-token"
@@ -35,14 +44,14 @@ def worker_pod_template(spec: DeploymentSpec, tier: TierSpec, role: Role) -> dic
     if role is Role.DECODE:
         ports.append(_port("kv", KV_PORT))
     volumes, mounts = _scratch_volumes()
-    _add_model(tier, volumes, mounts)
+    model_dir = add_folder("model", tier.model, MODEL_MOUNT_DIR, volumes, mounts)
     _add_worker_token(spec, volumes, mounts)
     container = {
         "name": role.value,
         "image": spec.image,
         "imagePullPolicy": spec.image_pull_policy,
         "command": ["tandem"],
-        "args": _worker_args(tier, pool, role),
+        "args": _worker_args(spec, tier, model_dir, pool, role),
         "env": _worker_env(pool),
         "ports": ports,
         "resources": _worker_resources(pool),
@@ -62,24 +71,22 @@ def worker_pod_template(spec: DeploymentSpec, tier: TierSpec, role: Role) -> dic
 
 
 def router_pod_template(spec: DeploymentSpec, namespace: str) -> dict[str, Any]:
-    """The router's pod template: discovery through EndpointSlices, the model's tokenizer and chat
-    template from the workers' model volume, the policy (when the spec has one) from a ConfigMap."""
+    """The router's pod template: discovery through EndpointSlices, each tier's tokenizer and chat
+    template from that tier's model volume, the policy and its estimator when the spec has them."""
     router = spec.router
-    # The router serves one model: the first tier's (it reads that model's tokenizer).
-    model = spec.tiers[0].model
     volumes, mounts = _scratch_volumes()
-    _add_model(spec.tiers[0], volumes, mounts)
     _add_worker_token(spec, volumes, mounts)
-    args = ["router", "--model", model.model_dir, "--grpc-port", str(GRPC_PORT),
-            "--http-port", str(HTTP_PORT), "--metrics-port", str(METRICS_PORT),
-            "--discovery", "kubernetes", "--namespace", namespace, "--deployment", spec.name,
-            *_worker_token_args()]
-    if model.served_name:
-        args += ["--model-name", model.served_name]
+    args = ["router", *_tier_args(spec, volumes, mounts), "--deployment-name", spec.name,
+            "--grpc-port", str(GRPC_PORT), "--http-port", str(HTTP_PORT),
+            "--metrics-port", str(METRICS_PORT), "--discovery", "kubernetes",
+            "--namespace", namespace, "--deployment", spec.name, *_worker_token_args()]
     if router.policy:
         volumes.append({"name": "policy", "configMap": {"name": policy_config_name(spec.name)}})
         mounts.append({"name": "policy", "mountPath": POLICY_DIR, "readOnly": True})
         args += ["--policy", f"{POLICY_DIR}/{POLICY_FILE}"]
+    if router.estimator is not None:
+        args += ["--estimator", add_folder("estimator", router.estimator, ESTIMATOR_DIR, volumes,
+                                           mounts)]
     if router.api_keys_secret:
         volumes.append({"name": "api-keys", "secret": {"secretName": router.api_keys_secret}})
         mounts.append({"name": "api-keys", "mountPath": API_KEYS_DIR, "readOnly": True})
@@ -114,12 +121,35 @@ def router_pod_template(spec: DeploymentSpec, namespace: str) -> dict[str, Any]:
     return {"metadata": {"labels": workload_labels(spec.name, Role.ROUTER)}, "spec": pod_spec}
 
 
-def _worker_args(tier: TierSpec, pool: PoolSpec, role: Role) -> list[str]:
-    args = [role.value, "--model", tier.model.model_dir, "--grpc-port", str(GRPC_PORT),
+def served_name(spec: DeploymentSpec, tier: TierSpec, model_dir: str) -> str:
+    """The model name a tier's workers announce and the router serves it under: the tier's name
+    when the spec has several tiers (clients pin one by it), else the model's name or folder."""
+    if spec.tier_list is not None:
+        return tier.name
+    return tier.model.served_name or posixpath.basename(model_dir.rstrip("/"))
+
+
+def _tier_args(spec: DeploymentSpec, volumes: list[dict[str, Any]],
+               mounts: list[dict[str, Any]]) -> list[str]:
+    # One model: mounted where the workers mount it. Several: each tier's at its own folder.
+    if spec.tier_list is None:
+        tier = spec.tiers[0]
+        model_dir = add_folder("model", tier.model, MODEL_MOUNT_DIR, volumes, mounts)
+        return ["--model", model_dir, "--model-name", served_name(spec, tier, model_dir)]
+    args = []
+    for tier in spec.tiers:
+        model_dir = add_folder(f"model-{tier.name}", tier.model,
+                               posixpath.join(MODEL_MOUNT_DIR, tier.name), volumes, mounts)
+        args += ["--tier", f"{served_name(spec, tier, model_dir)}={model_dir}"]
+    return args
+
+
+def _worker_args(spec: DeploymentSpec, tier: TierSpec, model_dir: str, pool: PoolSpec,
+                 role: Role) -> list[str]:
+    args = [role.value, "--model", model_dir, "--grpc-port", str(GRPC_PORT),
             "--metrics-port", str(METRICS_PORT), "--device", pool.device,
-            "--dtype", tier.model.dtype, "--worker-id", "$(POD_NAME)"]
-    if tier.model.served_name:
-        args += ["--model-name", tier.model.served_name]
+            "--dtype", tier.model.dtype, "--worker-id", "$(POD_NAME)",
+            "--model-name", served_name(spec, tier, model_dir)]
     if role is Role.DECODE:
         args += ["--kv-port", str(KV_PORT), "--kv-host", "$(POD_IP)"]
     return args + _worker_token_args() + pool.extra_args
@@ -148,10 +178,21 @@ def _copy_resources(resources: dict[str, dict[str, str]]) -> dict[str, dict[str,
     return {section: dict(amounts) for section, amounts in resources.items()}
 
 
-def _add_model(tier: TierSpec, volumes: list[dict[str, Any]], mounts: list[dict[str, Any]]) -> None:
-    if tier.model.source is not ModelSource.IMAGE:
-        volumes.append(_model_volume(tier))
-        mounts.append({"name": "model", "mountPath": MODEL_MOUNT_DIR, "readOnly": True})
+def add_folder(volume_name: str, folder: FolderSpec, mount_dir: str, volumes: list[dict[str, Any]],
+               mounts: list[dict[str, Any]]) -> str:
+    """Mounts a model or estimator folder (PVC, hostPath or image) read-only at mount_dir;
+    returns the folder's path in the container."""
+    if folder.source is ModelSource.IMAGE:
+        return folder.path
+    if folder.source is ModelSource.PVC:
+        volume = {"persistentVolumeClaim": {"claimName": folder.claim_name, "readOnly": True}}
+        path = posixpath.join(mount_dir, folder.path) if folder.path else mount_dir
+    else:
+        volume = {"hostPath": {"path": folder.path, "type": "Directory"}}
+        path = mount_dir
+    volumes.append({"name": volume_name, **volume})
+    mounts.append({"name": volume_name, "mountPath": mount_dir, "readOnly": True})
+    return path
 
 
 def _add_worker_token(spec: DeploymentSpec, volumes: list[dict[str, Any]],
@@ -164,14 +205,6 @@ def _add_worker_token(spec: DeploymentSpec, volumes: list[dict[str, Any]],
 
 def _worker_token_args() -> list[str]:
     return ["--worker-token-file", f"{WORKER_TOKEN_DIR}/{WORKER_TOKEN_KEY}"]
-
-
-def _model_volume(tier: TierSpec) -> dict[str, Any]:
-    model = tier.model
-    if model.source is ModelSource.PVC:
-        return {"name": "model",
-                "persistentVolumeClaim": {"claimName": model.claim_name, "readOnly": True}}
-    return {"name": "model", "hostPath": {"path": model.path, "type": "Directory"}}
 
 
 def _scratch_volumes() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
