@@ -32,9 +32,13 @@ class Outcome(str, enum.Enum):
 
 
 async def apply_object(kube: KubeClient, desired: Mapping[str, Any],
-                       live: Mapping[str, Any] | None) -> tuple[Outcome, dict[str, Any]]:
-    """Makes the cluster hold `desired`; `live` is the object as last listed (None: absent)."""
+                       live: Mapping[str, Any] | None,
+                       initial: Mapping[str, Any] | None = None) -> tuple[Outcome, dict[str, Any]]:
+    """Makes the cluster hold `desired`; `live` is the object as last listed (None: absent).
+    `initial` holds fields set only when the object is created and owned by someone else after
+    (the replicas an HPA scales): never patched, never removed, kept out of the last-applied."""
     desired = with_last_applied(desired)
+    initial = initial or {}
     kind, meta = desired["kind"], desired["metadata"]
     listed = [live]  # the first attempt trusts the listing; retries read fresh state
 
@@ -42,9 +46,10 @@ async def apply_object(kube: KubeClient, desired: Mapping[str, Any],
         current = listed.pop() if listed else await kube.get(kind, meta["namespace"], meta["name"])
         if current is None:
             # A 409 here means someone created it meanwhile: the retry compares and patches.
-            return Outcome.CREATED, await kube.create(desired)
+            return Outcome.CREATED, await kube.create(_merged(desired, initial))
         _check_not_foreign(current, desired)
-        patch = three_way_patch(last_applied(current), desired, current)
+        # Fields handed over to someone else are no longer the operator's to remove.
+        patch = three_way_patch(_without(last_applied(current), initial), desired, current)
         if not patch:
             return Outcome.UNCHANGED, dict(current)
         version = current["metadata"].get("resourceVersion")
@@ -63,6 +68,25 @@ def _check_not_foreign(current: Mapping[str, Any], desired: Mapping[str, Any]) -
             raise ForeignObjectError(
                 f"{desired['kind']} {desired['metadata']['name']} already exists and is "
                 f"controlled by {ref.get('kind')} {ref.get('name')}")
+
+
+def _merged(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        inner = merged.get(key)
+        merged[key] = (_merged(inner, value) if isinstance(inner, Mapping)
+                       and isinstance(value, Mapping) else value)
+    return merged
+
+
+def _without(base: Mapping[str, Any], fields: Mapping[str, Any]) -> dict[str, Any]:
+    kept = {}
+    for key, value in base.items():
+        if key not in fields:
+            kept[key] = value
+        elif isinstance(value, Mapping) and isinstance(fields[key], Mapping):
+            kept[key] = _without(value, fields[key])
+    return kept
 
 
 def with_last_applied(desired: Mapping[str, Any]) -> dict[str, Any]:

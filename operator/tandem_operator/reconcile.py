@@ -6,11 +6,19 @@ import datetime
 from dataclasses import dataclass, field
 from typing import Any
 
+from tandem.policy.autoscaling import Phase
+
 from tandem_operator.apply import ForeignObjectError, Outcome, apply_object
+from tandem_operator.autoscale.mode import ScalingMode, pool_scaling_mode
 from tandem_operator.kube import KubeClient, KubeError
-from tandem_operator.manifests.objects import Owner, desired_objects, worker_token_secret
-from tandem_operator.naming import owned_labels, worker_token_name
-from tandem_operator.spec import DeploymentSpec, ModelSource
+from tandem_operator.manifests.objects import (
+    Owner,
+    desired_objects,
+    pool_start_replicas,
+    worker_token_secret,
+)
+from tandem_operator.naming import Role, owned_labels, pool_name, worker_token_name
+from tandem_operator.spec import DeploymentSpec
 from tandem_operator.status import Problem
 
 # On a pod template: when the worker token was last replaced (a changed template restarts the pods).
@@ -49,21 +57,30 @@ async def list_owned(kube: KubeClient, owner: Owner, kind: str) -> list[dict[str
 
 
 async def missing_claims(kube: KubeClient, namespace: str, spec: DeploymentSpec) -> list[str]:
-    """The model PersistentVolumeClaims the spec names that do not exist (yet)."""
-    claims = sorted({tier.model.claim_name for tier in spec.tiers
-                     if tier.model.source is ModelSource.PVC and tier.model.claim_name})
-    return [claim for claim in claims
+    """The PersistentVolumeClaims the spec names (models, estimator) that do not exist (yet)."""
+    return [claim for claim in spec.claim_names()
             if await kube.get("PersistentVolumeClaim", namespace, claim) is None]
 
 
+async def missing_secrets(kube: KubeClient, namespace: str, spec: DeploymentSpec) -> list[str]:
+    """The Secrets the router mounts (API keys, TLS) that do not exist (yet)."""
+    names = sorted({name for name in (spec.router.api_keys_secret, spec.router.tls_secret) if name})
+    return [name for name in names if await kube.get("Secret", namespace, name) is None]
+
+
 async def converge(kube: KubeClient, owner: Owner, spec: DeploymentSpec) -> ReconcileResult | Problem:
-    """Reconciles, or says why not: a model claim that does not exist (yet) or a name that
-    another controller's object holds. Run on every change and every tick, so that objects
-    deleted by hand come back and a problem is reported until it is resolved."""
+    """Reconciles, or says why not: a model claim or a router Secret that does not exist (yet),
+    or a name that another controller's object holds. Run on every change and every tick, so
+    that objects deleted by hand come back and a problem is reported until it is resolved."""
     missing = await missing_claims(kube, owner.namespace, spec)
     if missing:
         return Problem("WaitingForVolume", f"waiting for PersistentVolumeClaim {', '.join(missing)}",
                        is_degraded=False)
+    # Without them the router pod would sit in ContainerCreating with only an event to say why.
+    missing = await missing_secrets(kube, owner.namespace, spec)
+    if missing:
+        return Problem("WaitingForSecret", f"waiting for Secret {', '.join(missing)} "
+                       f"(named in spec.router)", is_degraded=False)
     try:
         return await reconcile(kube, owner, spec)
     except ForeignObjectError as exc:
@@ -80,11 +97,13 @@ async def reconcile(kube: KubeClient, owner: Owner, spec: DeploymentSpec) -> Rec
             for kind in OWNED_KINDS}
     replicas = {name: obj.get("spec", {}).get("replicas")
                 for name, obj in live["Deployment"].items()}
+    initial = created_only_fields(spec)
     wanted: set[tuple[str, str]] = set()
     for desired in desired_objects(owner, spec, replicas):
         kind, name = desired["kind"], desired["metadata"]["name"]
         wanted.add((kind, name))
-        outcome, applied = await apply_object(kube, desired, live[kind].get(name))
+        outcome, applied = await apply_object(kube, desired, live[kind].get(name),
+                                              initial.get((kind, name)))
         if outcome is Outcome.CREATED:
             result.created.append(f"{kind}/{name}")
         elif outcome is Outcome.PATCHED:
@@ -103,14 +122,29 @@ async def reconcile(kube: KubeClient, owner: Owner, spec: DeploymentSpec) -> Rec
     return result
 
 
+def created_only_fields(spec: DeploymentSpec) -> dict[tuple[str, str], dict[str, Any]]:
+    """Fields set only when an object is created, by (kind, name): the start size of each pool
+    that an external scaler (HPA, KEDA) resizes afterwards through the scale subresource."""
+    fields = {}
+    for tier in spec.tiers:
+        for phase in Phase:
+            pool = tier.prefill if phase is Phase.PREFILL else tier.decode
+            if pool_scaling_mode(spec.autoscaling, pool) is ScalingMode.EXTERNAL:
+                name = pool_name(spec.name, tier.name, Role.of_phase(phase))
+                fields["Deployment", name] = {"spec": {"replicas": pool_start_replicas(pool)}}
+    return fields
+
+
 async def ensure_worker_token(kube: KubeClient, owner: Owner) -> bool:
-    """Creates the worker token Secret unless it exists (True when created). The operator may
-    create Secrets but never reads them: a conflict means the token is already there, and the
-    owner reference lets the garbage collector remove it with the deployment."""
+    """Creates the worker token Secret unless it exists (True when created); the owner
+    reference lets the garbage collector remove it with the deployment. Looking first keeps
+    every tick from posting a create that the API server refuses with 409."""
+    if await kube.get("Secret", owner.namespace, worker_token_name(owner.name)) is not None:
+        return False
     try:
         await kube.create(worker_token_secret(owner))
     except KubeError as exc:
-        if exc.is_conflict:
+        if exc.is_conflict:  # the create handler and the tick's drift repair raced to it
             return False
         raise
     return True

@@ -11,6 +11,7 @@ from typing import Any
 
 from tandem.policy.autoscaling import Phase
 
+from tandem_operator.autoscale.mode import ScalingMode, pool_scaling_mode
 from tandem_operator.naming import LABEL_MODEL, LABEL_ROLE, Role, pool_name, router_name
 from tandem_operator.spec import DeploymentSpec, TierSpec
 
@@ -74,20 +75,34 @@ def build_status(spec: DeploymentSpec | None, generation: int | None,
                  problem: Problem | None = None) -> dict[str, Any]:
     """The status to write: replica summaries, workloads and conditions (keeping transition times)."""
     states = sorted(states, key=lambda state: state.name)
+    modes = pool_modes(spec) if spec is not None else {}
     status: dict[str, Any] = {
         "observedGeneration": generation,
         "routerReplicas": _replicas(states, Role.ROUTER),
         "prefillReplicas": _replicas(states, Role.PREFILL),
         "decodeReplicas": _replicas(states, Role.DECODE),
-        "workloads": [{"name": s.name, "role": s.role.value, "tier": s.tier,
-                       "readyReplicas": s.num_ready, "desiredReplicas": s.num_desired}
-                      for s in states],
+        "workloads": [_workload(s, modes.get(s.name)) for s in states],
         "conditions": _conditions(states, expected_workloads(spec) if spec else [], problem,
                                   generation, (previous or {}).get("conditions")),
     }
     if spec is not None:
         status["model"] = ",".join(_model_name(tier) for tier in spec.tiers)
     return status
+
+
+def pool_modes(spec: DeploymentSpec) -> dict[str, ScalingMode]:
+    """Who sizes each pool Deployment (by name): the operator, an external scaler or the spec."""
+    return {pool_name(spec.name, tier.name, Role.of_phase(phase)): pool_scaling_mode(
+                spec.autoscaling, tier.prefill if phase is Phase.PREFILL else tier.decode)
+            for tier in spec.tiers for phase in Phase}
+
+
+def _workload(state: WorkloadState, mode: ScalingMode | None) -> dict[str, Any]:
+    workload = {"name": state.name, "role": state.role.value, "tier": state.tier,
+                "readyReplicas": state.num_ready, "desiredReplicas": state.num_desired}
+    if mode is not None:  # pools only: the router's size always comes from the spec
+        workload["scaling"] = mode.value
+    return workload
 
 
 def expected_workloads(spec: DeploymentSpec) -> list[str]:

@@ -203,16 +203,25 @@ async def test_without_stabilisation_the_same_noise_flaps(k8s, start, prometheus
     assert len(set(sizes)) > 1 and sizes.count(3) >= 2
 
 
-async def test_a_pool_with_autoscaling_off_is_never_touched(start, prometheus):
+async def test_a_fixed_pool_is_never_read_and_the_reconciler_keeps_its_replicas(k8s, kube, start,
+                                                                             prometheus):
     _, series = prometheus
-    loop = await start(decode={"autoscale": False, "replicas": 2})
+    loop = await start(decode={"scaling": "fixed", "replicas": 2})
     series.set("prefill", tandem_queue_prompt_tokens=0, tandem_prefill_tokens=100)
     series.set("decode", tandem_running_requests=64, tandem_kv_blocks_used=990,
                tandem_kv_blocks_total=1000)
     for _ in range(3):
+        await kube.patch("Deployment", NAMESPACE, "llama-default-decode", {"spec": {"replicas": 5}})
         observation = await loop.tick()
-        assert {d.pool.phase.value for d in observation.decisions} == {"prefill"}
-    assert loop.replicas()["decode"] == 2
+        assert loop.replicas()["decode"] == 2  # the spec's count, restored on the tick
+    (decode,) = [d for d in observation.decisions if d.pool.phase is Phase.DECODE]
+    assert not decode.is_change and decode.mode is ScalingMode.FIXED
+    assert "scaling: fixed" in decode.reason
+    pools = {p["phase"]: p for p in loop.status()["autoscaling"]["pools"]}
+    assert (pools["decode"]["mode"], pools["prefill"]["mode"]) == ("fixed", "operator")
+    assert {w["name"]: w.get("scaling") for w in loop.status()["workloads"]} == {
+        "llama-router": None, "llama-default-prefill": "operator", "llama-default-decode": "fixed"}
+    assert not [q for q in series.queries if 'tandem_role="decode"' in q]  # never read
 
 
 async def test_waits_for_the_pods_of_the_last_change(start, prometheus):
@@ -295,28 +304,30 @@ async def test_a_replica_that_never_becomes_ready_stops_blocking_after_the_timeo
 
 
 async def test_a_pool_driven_by_an_external_scaler_is_never_written(k8s, kube, start, prometheus):
-    _, series = prometheus
-
-    external = []  # the decode pool's spec: an HPA or KEDA owns its replicas
-
-    def scaling_mode(autoscaling, pool):
-        if any(pool is spec for spec in external):
-            return ScalingMode.EXTERNAL
-        return pool_scaling_mode(autoscaling, pool)
-
-    loop = await start(scaling_mode=scaling_mode)
-    external.append(loop.spec.tiers[0].decode)
+    url, series = prometheus
+    loop = await start(decode={"scaling": "external", "replicas": 1})
     series.set("prefill", tandem_queue_prompt_tokens=40_000, tandem_prefill_tokens=1000)
     series.set("decode", tandem_running_requests=64, tandem_kv_blocks_used=990,
                tandem_kv_blocks_total=1000)  # the operator's policy would want 8 replicas
+    # As an HPA writes through the Deployment's scale subresource.
     await kube.patch("Deployment", NAMESPACE, "llama-default-decode", {"spec": {"replicas": 3}})
     hpa_write = len(writes(k8s, DEPLOYMENTS))
     for _ in range(3):
         observation = await loop.tick()
     assert loop.replicas() == {"prefill": 8, "decode": 3}
+    # A spec edit rolls the pool's pods out again, and still leaves its size alone.
+    loop.spec = parse_spec(_spec(url, decode={"scaling": "external", "replicas": 1,
+                                             "nodeSelector": {"pool": "decode"}}),
+                           "llama", IMAGE)
+    observation = await loop.tick()
+    decode_deployment = live(k8s, DEPLOYMENTS)["llama-default-decode"]["spec"]
+    assert decode_deployment["template"]["spec"]["nodeSelector"] == {"pool": "decode"}
+    assert decode_deployment["replicas"] == 3
     later = [w for w in writes(k8s, DEPLOYMENTS)[hpa_write:] if w.name == "llama-default-decode"]
-    assert all(w.data.get("spec", {}).get("replicas", 3) == 3 for w in later)  # never resized
-    decode = [d for d in observation.decisions if d.pool.phase is Phase.DECODE]
-    assert len(decode) == 1 and not decode[0].is_change and decode[0].num_replicas == 3
-    assert "external scaler" in decode[0].reason
+    assert later and not [w for w in later if "replicas" in (w.data.get("spec") or {})]
+    (decode,) = [d for d in observation.decisions if d.pool.phase is Phase.DECODE]
+    assert not decode.is_change and decode.num_replicas == 3 and decode.mode is ScalingMode.EXTERNAL
+    assert "external scaler" in decode.reason
+    pools = {p["phase"]: p["mode"] for p in loop.status()["autoscaling"]["pools"]}
+    assert pools == {"prefill": "operator", "decode": "external"}
     assert not [q for q in series.queries if 'tandem_role="decode"' in q]  # never read

@@ -5,10 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+import yaml
 
 from tandem_operator.manifests.objects import Owner, desired_objects, pool_replicas
 from tandem_operator.parsing import parse_spec
 from tests.helm.schemas import validate_manifest
+from tests.operator.specs import ESTIMATOR, policy_for
 
 OWNER = Owner("llama", "serving", "uid-1")
 SPEC = {
@@ -20,7 +22,7 @@ SPEC = {
     "decode": {"replicas": 3, "nodeSelector": {"nvidia.com/gpu.product": "A100"},
                "resources": {"limits": {"memory": "200Gi"}, "requests": {"cpu": 8}}},
     "router": {"replicas": 2, "apiKeysSecret": "tenants", "tlsSecret": "router-tls",
-               "policy": {"tiers": ["default"]}},
+               "policy": policy_for("llama-3-8b"), "estimator": ESTIMATOR},
 }
 
 
@@ -115,14 +117,17 @@ def test_router_mounts_policy_keys_and_tls_and_discovers_through_endpointslices(
         "apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"],
         "verbs": ["get", "list", "watch"]}]
     assert _pod(objects, "llama-router")["serviceAccountName"] == "llama-router"
-    assert objects["ConfigMap", "llama-router-policy"]["data"]["policy.yaml"] == "tiers:\n- default\n"
+    assert objects["ConfigMap", "llama-router-policy"]["data"]["policy.yaml"] == yaml.safe_dump(
+        SPEC["router"]["policy"], sort_keys=True)
 
 
 @pytest.mark.parametrize(("pool", "live", "expected"), [
-    ({"replicas": 3, "autoscale": False}, 7, 3),       # autoscaling off: the spec's count
+    ({"replicas": 3, "scaling": "fixed"}, 7, 3),       # autoscaling off: the spec's count
     ({"minReplicas": 2, "maxReplicas": 6}, None, 2),   # new autoscaled pool starts at min
     ({"minReplicas": 2, "maxReplicas": 6}, 5, 5),      # the autoscaler's choice is kept
     ({"minReplicas": 2, "maxReplicas": 4}, 5, 4),      # ... within the new bounds
+    ({"replicas": 2, "scaling": "external"}, 7, None),  # an HPA's: never asked for
+    ({"replicas": 2, "scaling": "external"}, None, None),  # (the start size is set at creation)
 ])
 def test_pool_replicas(pool, live, expected):
     raw = {"model": {"image": {"path": "/m"}}, "decode": pool, "autoscaling": {"enabled": True},

@@ -34,10 +34,14 @@ from tests.operator.cluster import (
     wait_for,
     writes,
 )
+from tests.operator.specs import ESTIMATOR, policy_for
 
 PEERINGS = kmock.resource("kopf.dev", "v1", "clusterkopfpeerings")
-SPEC = {"model": {"pvc": {"claimName": "models", "path": "llama-3-8b"}},
-        "prefill": {"replicas": 2}, "decode": {"replicas": 3}, "router": {"apiKeysSecret": "tenants", "policy": {"version": 1}},
+SECRETS = kmock.resource("", "v1", "secrets")
+SPEC = {"model": {"pvc": {"claimName": "models", "path": "llama-3-8b"}, "name": "llama-3-8b"},
+        "prefill": {"replicas": 2}, "decode": {"replicas": 3},
+        "router": {"apiKeysSecret": "tenants", "policy": policy_for("llama-3-8b"),
+                   "estimator": ESTIMATOR},
         "autoscaling": {"intervalSeconds": 1}}  # the status refresh tick
 
 
@@ -69,11 +73,18 @@ async def running_operator(**options: Any) -> AsyncIterator[None]:
         assert not thread.is_alive() and not errors, errors
 
 
+def _add_api_keys(k8s) -> None:
+    k8s.resources[SECRETS] = kmock.ResourceInfo(kind="Secret", namespaced=True)
+    k8s.objects[SECRETS, NAMESPACE, "tenants"] = {
+        "metadata": {"name": "tenants", "namespace": NAMESPACE, "uid": "secret-tenants"}}
+
+
 @pytest.fixture
 def cluster(k8s, kubeconfig):
-    """The emulator with the model claim the specs mount."""
+    """The emulator with the model claim and the API-key Secret the specs mount."""
     k8s.objects[PVCS, NAMESPACE, "models"] = {
         "metadata": {"name": "models", "namespace": NAMESPACE, "uid": "pvc-models"}}
+    _add_api_keys(k8s)
     return k8s
 
 
@@ -150,7 +161,12 @@ async def test_waits_for_the_model_claim(k8s, kubeconfig, monkeypatch):
         assert owned_names(k8s) == set()
         k8s.objects[PVCS, NAMESPACE, "models"] = {
             "metadata": {"name": "models", "namespace": NAMESPACE, "uid": "pvc-models"}}
-        await wait_for(lambda: len(owned_names(k8s)) == 13)  # the retry finds it
+        # The router's API-key Secret is the next thing missing: a wait too, until it appears.
+        await wait_for(lambda: _condition(k8s, "Progressing").get("reason") == "WaitingForSecret")
+        assert "Secret tenants" in _condition(k8s, "Progressing")["message"]
+        assert owned_names(k8s) == set()
+        _add_api_keys(k8s)
+        await wait_for(lambda: len(owned_names(k8s)) == 13)  # the retry finds both
 
 
 async def test_restart_resumes_without_rewriting_and_applies_missed_changes(cluster):

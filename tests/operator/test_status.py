@@ -5,9 +5,10 @@ from __future__ import annotations
 from tandem_operator.manifests.objects import Owner, desired_objects
 from tandem_operator.parsing import parse_spec
 from tandem_operator.status import build_status, workload_state
+from tests.operator.specs import ESTIMATOR, policy_for
 
-SPEC = {"model": {"pvc": {"claimName": "models", "path": "llama"}},
-        "router": {"apiKeysSecret": "tenants", "policy": {"version": 1}}}
+SPEC = {"model": {"pvc": {"claimName": "models", "path": "llama"}, "name": "llama"},
+        "router": {"apiKeysSecret": "tenants", "policy": policy_for("llama"), "estimator": ESTIMATOR}}
 
 
 def _ready(deployment: dict) -> dict:
@@ -33,3 +34,15 @@ def test_ready_needs_every_pool_the_spec_asks_for():
     assert conditions["Ready"]["status"] == "False"
     assert conditions["Progressing"]["status"] == "True"
     assert "llama-default-decode missing" in conditions["Progressing"]["message"]
+
+
+def test_each_pool_says_who_sizes_it():
+    spec = parse_spec({**SPEC, "prefill": {"scaling": "external"}, "autoscaling": {"enabled": True}},
+                      "llama", "image:test")
+    deployments = [obj for obj in desired_objects(Owner("llama", "serving", "uid-1"), spec, {})
+                   if obj["kind"] == "Deployment"]
+    for deployment in deployments:  # as created: the external pool at its start size
+        deployment["spec"].setdefault("replicas", 1)
+    status = build_status(spec, 1, [workload_state(_ready(d)) for d in deployments], None)
+    assert {w["name"]: w.get("scaling") for w in status["workloads"]} == {
+        "llama-router": None, "llama-default-prefill": "external", "llama-default-decode": "operator"}

@@ -1,9 +1,9 @@
 """One TandemDeployment's autoscaler: metrics -> shared policy -> connector, pool by pool.
 
 Each pool keeps its own `PhaseAutoscaler` (and so its stabilisation history) across ticks; a
-changed policy config starts that pool's history afresh. A pool whose autoscaling is off is never
-read nor touched: its replicas stay what the spec says. A pool in `external` mode is never read
-nor written either (an HPA or KEDA owns its replicas); its decision only reports its size.
+changed policy config starts that pool's history afresh. Pools in `fixed` mode (the spec's
+replicas, kept by the reconciler) and in `external` mode (an HPA or KEDA owns the replicas) are
+never read nor written: their decision only reports their mode and size.
 """
 
 from __future__ import annotations
@@ -38,17 +38,19 @@ class PoolDecision:
     reason: str
     is_change: bool
     time: str
+    mode: ScalingMode = ScalingMode.OPERATOR
     num_stalled_replicas: int = 0  # replicas unready past the policy's pending timeout
 
     def as_status(self) -> dict[str, Any]:
         """The decision as it appears in the TandemDeployment status."""
         return {"pool": self.pool.name, "tier": self.pool.tier, "phase": self.pool.phase.value,
+                "mode": self.mode.value,
                 "fromReplicas": self.num_replicas_before, "toReplicas": self.num_replicas,
                 "reason": self.reason, "isChange": self.is_change, "time": self.time}
 
 
 class DeploymentAutoscaler:
-    """Runs the shared policy for every autoscaled pool of one TandemDeployment."""
+    """Runs the shared policy for every pool of one TandemDeployment that the operator scales."""
 
     def __init__(self, source_factory: Callable[[AutoscalingSpec], MetricsSource],
                  connector: ScalingConnector, scaling_mode: ModeOf = pool_scaling_mode) -> None:
@@ -60,7 +62,8 @@ class DeploymentAutoscaler:
 
     async def tick(self, now: float, namespace: str, spec: DeploymentSpec,
                    states: Mapping[str, WorkloadState]) -> list[PoolDecision]:
-        """Observes, decides and scales each autoscaled pool; `now` is a monotonic time in s."""
+        """Observes, decides and scales each pool in `operator` mode and reports the others;
+        `now` is a monotonic time in s."""
         decisions, seen = [], set()
         for tier in spec.tiers:
             for phase in Phase:
@@ -68,10 +71,10 @@ class DeploymentAutoscaler:
                 pool_spec = tier.prefill if phase is Phase.PREFILL else tier.decode
                 mode = self._scaling_mode(spec.autoscaling, pool_spec)
                 state = states.get(pool.name)
-                if mode is ScalingMode.FIXED or state is None:
+                if state is None:
                     continue
-                if mode is ScalingMode.EXTERNAL:
-                    decisions.append(_external(pool, state))
+                if mode is not ScalingMode.OPERATOR:
+                    decisions.append(_not_ours(pool, mode, state))
                     continue
                 seen.add(pool.name)
                 config = pool_autoscaling_config(spec.autoscaling, pool_spec)
@@ -114,14 +117,17 @@ def _source_key(autoscaling: AutoscalingSpec) -> tuple[Any, ...]:
     return autoscaling.metrics_source, autoscaling.prometheus_url, autoscaling.rate_window
 
 
-def _external(pool: PoolRef, state: WorkloadState) -> PoolDecision:
-    # An HPA or KEDA owns the pool: report its size, read and write nothing.
+def _not_ours(pool: PoolRef, mode: ScalingMode, state: WorkloadState) -> PoolDecision:
+    # The spec or an HPA/KEDA sizes the pool: report its size, read and write nothing.
+    who = ("an external scaler (HPA or KEDA, through the Deployment's scale subresource)"
+           if mode is ScalingMode.EXTERNAL else "the spec (scaling: fixed)")
     return _decision(pool, state.num_desired, ScalingDecision(
-        state.num_desired, f"replicas set by an external scaler (HPA or KEDA, through the "
-        f"Deployment's scale subresource): {state.num_ready} of {state.num_desired} ready", False))
+        state.num_desired, f"replicas set by {who}: {state.num_ready} of {state.num_desired} "
+        f"ready", False), mode)
 
 
-def _decision(pool: PoolRef, current: int, decision: ScalingDecision) -> PoolDecision:
+def _decision(pool: PoolRef, current: int, decision: ScalingDecision,
+              mode: ScalingMode = ScalingMode.OPERATOR) -> PoolDecision:
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     return PoolDecision(pool, current, decision.desired_replicas, decision.reason,
-                        decision.is_change, now, decision.num_stalled_replicas)
+                        decision.is_change, now, mode, decision.num_stalled_replicas)

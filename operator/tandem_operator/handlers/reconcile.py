@@ -22,8 +22,8 @@ NAME_TAKEN_WAIT_S = 60.0
 async def reconcile_deployment(*, body: kopf.Body, spec: kopf.Spec, meta: kopf.Meta,
                                status: kopf.Status, name: str, namespace: str, uid: str,
                                memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
-    """Applies the spec; bad specs fail permanently; missing volumes, names taken by other
-    controllers' objects and API errors are retried."""
+    """Applies the spec; bad specs fail permanently; missing volumes or Secrets, names taken by
+    other controllers' objects and API errors are retried."""
     context: OperatorContext = memo.context
     owner = Owner(name, namespace, uid)
     generation = meta.get("generation")
@@ -42,9 +42,9 @@ async def reconcile_deployment(*, body: kopf.Body, spec: kopf.Spec, meta: kopf.M
         outcome = await converge(context.kube, owner, parsed)
         if isinstance(outcome, Problem):
             await report(parsed, outcome)
-            is_volume_wait = outcome.reason == "WaitingForVolume"
-            raise kopf.TemporaryError(outcome.message,
-                                      delay=VOLUME_WAIT_S if is_volume_wait else NAME_TAKEN_WAIT_S)
+            # A volume or Secret to wait for (not degraded) is retried sooner than a taken name.
+            raise kopf.TemporaryError(outcome.message, delay=NAME_TAKEN_WAIT_S
+                                      if outcome.is_degraded else VOLUME_WAIT_S)
         states = [workload_state(deployment) for deployment in outcome.deployments]
         await write_status(context.kube, owner, build_status(parsed, generation, states, status))
     except KubeError as exc:

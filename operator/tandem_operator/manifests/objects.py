@@ -13,6 +13,7 @@ import yaml
 from tandem.policy.autoscaling import Phase
 from tandem.serving.worker_auth import new_worker_token
 
+from tandem_operator.autoscale.mode import ScalingMode, pool_scaling_mode
 from tandem_operator.kube import GROUP, VERSION
 from tandem_operator.manifests.pods import (
     GRPC_PORT,
@@ -62,21 +63,32 @@ def desired_objects(owner: Owner, spec: DeploymentSpec,
 
 
 def worker_token_secret(owner: Owner) -> dict[str, Any]:
-    """A Secret with a fresh token for router -> worker calls (created once, never read back)."""
+    """A Secret with a fresh token for router -> worker calls (created once, never patched)."""
     token = base64.b64encode(new_worker_token().encode()).decode()
     return _object(owner, "v1", "Secret", worker_token_name(owner.name), owned_labels(owner.name),
                    type="Opaque", data={WORKER_TOKEN_KEY: token})
 
 
-def pool_replicas(spec: DeploymentSpec, pool: PoolSpec, live: int | None) -> int:
-    """How many replicas the reconciler asks for: the spec's when autoscaling is off; otherwise
-    the autoscaler's current choice (the live count) kept within the pool's bounds."""
-    config = pool_autoscaling_config(spec.autoscaling, pool)
-    if not config.enabled:
+def pool_replicas(spec: DeploymentSpec, pool: PoolSpec, live: int | None) -> int | None:
+    """How many replicas the reconciler asks for, by the pool's scaling mode: the spec's when
+    fixed; the autoscaler's current choice (the live count) kept within the pool's bounds when
+    the operator scales; None (never written) when an external scaler does."""
+    mode = pool_scaling_mode(spec.autoscaling, pool)
+    if mode is ScalingMode.EXTERNAL:
+        return None
+    if mode is ScalingMode.FIXED:
         return pool.replicas if pool.replicas is not None else 1
+    config = pool_autoscaling_config(spec.autoscaling, pool)
     start = live if live is not None else pool.replicas
     start = start if start is not None else config.min_replicas
     return min(max(start, config.min_replicas), config.max_replicas)
+
+
+def pool_start_replicas(pool: PoolSpec) -> int:
+    """The size an externally scaled pool's Deployment is created with (written once only)."""
+    if pool.replicas is not None:
+        return pool.replicas
+    return pool.min_replicas if pool.min_replicas is not None else 1
 
 
 def _pool_objects(owner: Owner, spec: DeploymentSpec, tier: TierSpec, role: Role,
@@ -132,8 +144,10 @@ def _router_objects(owner: Owner, spec: DeploymentSpec) -> list[dict[str, Any]]:
 
 
 def _deployment(owner: Owner, name: str, labels: dict[str, str], selector: dict[str, str],
-                replicas: int, template: dict[str, Any]) -> dict[str, Any]:
-    spec = {"replicas": replicas, "selector": {"matchLabels": selector}, "template": template}
+                replicas: int | None, template: dict[str, Any]) -> dict[str, Any]:
+    spec = {"selector": {"matchLabels": selector}, "template": template}
+    if replicas is not None:  # None: someone else (an HPA) owns the field
+        spec = {"replicas": replicas, **spec}
     return _object(owner, "apps/v1", "Deployment", name, labels, spec=spec)
 
 
