@@ -1,9 +1,10 @@
 """kmock's Kubernetes emulator with what a real API server adds: uid, resourceVersion, generation.
 
 kmock's emulator stores objects and merges patches but tracks no resourceVersion, uid or
-generation; `VersionedEmulator` adds them the way the API server does (and answers 409 to a
-patch that names a stale resourceVersion), so optimistic concurrency is exercised for real:
-`concurrent_writes` lets another client change an object right before the operator writes it.
+generation, and ignores `labelSelector`; `VersionedEmulator` adds them the way the API server does
+(and answers 409 to a patch that names a stale resourceVersion), so optimistic concurrency is
+exercised for real: `concurrent_writes` lets another client change an object right before the
+operator writes it. Lists and watches return only what their label selector selects.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from typing import Any
 
 import attrs
 import kmock
+
+from tests.cluster.label_selector import parse_selector, selects
 
 
 @attrs.define(kw_only=True)
@@ -54,15 +57,25 @@ class VersionedEmulator(kmock.KubernetesEmulator):
     async def _serve_list(self, request: kmock.Request) -> dict[str, Any]:
         body = await super()._serve_list(request)
         body["metadata"]["resourceVersion"] = str(self._last_version)
+        selector = _selector(request)
+        body["items"] = [item for item in body["items"]
+                         if selects(selector, item.get("metadata", {}).get("labels"))]
         return body
 
     async def _serve_watch(self, request: kmock.Request) -> AsyncIterator[Any]:
         # As the API server does, a watch from a listed resourceVersion does not replay objects
         # the list already gave (kmock's own watch replays every object).
         since = request.params.get("resourceVersion", "")
+        selector = _selector(request)
         async for event in super()._serve_watch(request):
-            if (since.isdigit() and isinstance(event, dict) and event.get("type") == "ADDED"
-                    and int(event["object"]["metadata"].get("resourceVersion", 0)) <= int(since)):
+            if not isinstance(event, dict):
+                yield event
+                continue
+            meta = event.get("object", {}).get("metadata", {})
+            if not selects(selector, meta.get("labels")):
+                continue
+            if (since.isdigit() and event.get("type") == "ADDED"
+                    and int(meta.get("resourceVersion", 0)) <= int(since)):
                 continue
             yield event
 
@@ -92,6 +105,13 @@ class VersionedEmulator(kmock.KubernetesEmulator):
             raise kmock.KubernetesError(
                 status=409, reason="Conflict",
                 message=f"the object has been modified: resourceVersion {wanted} != {have}")
+
+
+def _selector(request: kmock.Request) -> list:
+    try:
+        return parse_selector(request.params.get("labelSelector", ""))
+    except ValueError as exc:
+        raise kmock.KubernetesError(status=400, reason="BadRequest", message=str(exc)) from None
 
 
 def _now() -> str:

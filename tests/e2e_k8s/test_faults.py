@@ -11,6 +11,7 @@ import asyncio
 import collections
 import os
 import signal
+import time
 from pathlib import Path
 
 import aiohttp
@@ -174,14 +175,18 @@ async def _kill_a_decode_worker(cluster: Cluster, router: str, model: str,
     # (a real kubelet says 137): any failure status will do here.
     assert pod["status"]["containerStatuses"][0]["lastState"]["terminated"]["exitCode"] != 0
     # The router finds the restarted worker again: its fresh process generates tokens.
-    for attempt in range(20):
+    # Polled for a while: the router takes the pod back once its EndpointSlice says ready and its
+    # channel's reconnect back-off has run out, which on a loaded machine takes some seconds.
+    deadline = time.monotonic() + 120
+    attempt = 0
+    while await scrape(pod, "tandem_generated_tokens_total") == 0:
+        if time.monotonic() > deadline:
+            pytest.fail(f"the router never sent a request to the restarted {victim_name}")
         batch = await asyncio.gather(*(generate(router, model, 16, 1000 + 8 * attempt + i)
                                        for i in range(8)))
         assert all(o.startswith("OK ") for o in batch), batch
-        if await scrape(pod, "tandem_generated_tokens_total") > 0:
-            break
-    else:
-        pytest.fail(f"the router never sent a request to the restarted {victim_name}")
+        attempt += 1
+        await asyncio.sleep(0.5)
 
 
 async def _delete_the_decode_deployment(cluster: Cluster, name: str, router: str, model: str,

@@ -102,10 +102,11 @@ app.kubernetes.io/component: operator
 - apiGroups: [""]
   resources: [pods]
   verbs: [get, list]
-# The worker token Secret of each TandemDeployment: created once, never read, patched or listed.
+# Secrets: the worker token of each TandemDeployment is created once, never patched or listed;
+# `get` tells whether it exists and whether the router's API-key and TLS Secrets exist yet.
 - apiGroups: [""]
   resources: [secrets]
-  verbs: [create]
+  verbs: [get, create]
 - apiGroups: [""]
   resources: [persistentvolumeclaims]
   verbs: [get]
