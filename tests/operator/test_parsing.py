@@ -25,8 +25,7 @@ def test_a_single_model_is_one_default_tier_with_defaults():
     spec = _spec()
     (tier,) = spec.tiers
     assert tier.name == "default" and tier.model.source is ModelSource.PVC
-    assert (tier.model.claim_name, tier.model.path, tier.model.model_dir) == (
-        "models", "llama", "/models/llama")
+    assert (tier.model.claim_name, tier.model.path) == ("models", "llama")
     assert (tier.model.dtype, tier.model.served_name) == ("bfloat16", None)
     assert (tier.prefill.device, tier.prefill.num_gpus, tier.decode.replicas) == ("cuda", 1, None)
     assert (tier.prefill.scaling, tier.prefill.ucx.env(), tier.prefill.resources) == (None, {}, {})
@@ -55,7 +54,7 @@ def test_tier_pool_fields_override_the_shared_ones_key_by_key():
     assert large.decode.node_selector == {"gpu": "h200"} and large.decode.num_gpus == 4
     assert large.decode.replicas == 2  # not overridden: inherited
     assert (large.prefill.device, large.prefill.num_gpus) == ("cpu", 0)  # cpu: no GPU by default
-    assert large.model.model_dir == "/models" and small.model.model_dir == "/m/small"
+    assert (large.model.source, small.model.path) == (ModelSource.HOST_PATH, "/m/small")
 
 
 def test_pod_spec_fragments_come_out_as_the_dicts_kubernetes_takes():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import posixpath
 import re
 import shutil
@@ -228,3 +229,20 @@ def test_the_tiers_example_workers_announce_the_tier_the_router_serves_from_thei
             used = {name for arg in container["args"] for name in re.findall(r"\$\((\w+)\)", arg)}
             assert used <= defined, f"{tier}-{role}: {sorted(used - defined)} undefined"
             assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+
+
+def test_the_tracing_environment_reaches_router_and_workers(monkeypatch):
+    """OTEL_* set in the spec is what each process's tracing setup reads (spans go to OTLP)."""
+    from tandem.telemetry.tracing import configured_exporters
+
+    otel = [{"name": "OTEL_EXPORTER_OTLP_ENDPOINT", "value": "http://otel-collector.monitoring:4317"}]
+    objects = _render({"model": MODEL, "router": {"allowAnonymous": True, "env": otel},
+                       "prefill": {"env": otel}, "decode": {"env": otel}})
+    for name, pod in _pods(objects).items():
+        env = {entry["name"]: entry["value"] for entry in pod["containers"][0]["env"]
+               if "value" in entry}
+        for key in [key for key in os.environ if key.startswith("OTEL_")]:
+            monkeypatch.delenv(key)
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        assert configured_exporters() == ["otlp"], name

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import enum
-import posixpath
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -82,15 +81,6 @@ class FolderSpec(SpecModel):
     def claim_name(self) -> str | None:
         """The PersistentVolumeClaim, for a pvc source."""
         return self.pvc.claim_name if self.pvc is not None else None
-
-    @property
-    def model_dir(self) -> str:
-        """The folder as the workers see it when mounted at MODEL_MOUNT_DIR (`--model`)."""
-        if self.source is ModelSource.IMAGE:
-            return self.path
-        if self.source is ModelSource.HOST_PATH:
-            return MODEL_MOUNT_DIR
-        return posixpath.join(MODEL_MOUNT_DIR, self.path) if self.path else MODEL_MOUNT_DIR
 
 
 class ModelSpec(FolderSpec):

@@ -174,22 +174,3 @@ class PoolSpec(SpecModel):
             return {**data, "gpus": 0}
         return data
 
-    @property
-    def prefill_tokens_per_s_per_replica(self) -> float | None:
-        """`capacity.prefillTokensPerSecond`."""
-        return self.capacity.prefill_tokens_per_second
-
-    @property
-    def max_seqs_per_replica(self) -> float | None:
-        """`capacity.maxSequences`."""
-        return self.capacity.max_sequences
-
-    @property
-    def target_kv_usage(self) -> float | None:
-        """`capacity.targetKvUsage`."""
-        return self.capacity.target_kv_usage
-
-    @property
-    def scale_down_headroom(self) -> float | None:
-        """`capacity.scaleDownHeadroom`."""
-        return self.capacity.scale_down_headroom

@@ -8,7 +8,7 @@ from pydantic import Field, field_validator
 
 from tandem.policy.difficulty_policy import parse_policy
 from tandem_operator.spec.folder import FolderSpec
-from tandem_operator.spec.pool import Resources, Toleration
+from tandem_operator.spec.pool import EnvVar, Resources, Toleration
 from tandem_operator.spec.rules import Rule, SpecModel, described
 
 
@@ -34,6 +34,8 @@ class RouterSpec(SpecModel):
                                       default=False)
     tls_secret: str | None = described("kubernetes.io/tls Secret for the router's listeners.",
                                        default=None, min_length=1)
+    env: list[EnvVar] = described("Extra environment (e.g. OTEL_EXPORTER_OTLP_ENDPOINT for traces).",
+                                  default_factory=list)
     extra_args: list[str] = described("Extra flags of `tandem router`.", default_factory=list)
     max_unavailable: int = described("PodDisruptionBudget maxUnavailable.", default=1, ge=0)
 

@@ -19,9 +19,10 @@ def pool_autoscaling_config(autoscaling: AutoscalingSpec, pool: PoolSpec) -> Aut
         "scale_down_stabilization_s": autoscaling.scale_down_stabilization_s,
         "max_scale_up_step": autoscaling.max_scale_up_step,
         "max_scale_down_step": autoscaling.max_scale_down_step,
-        "prefill_tokens_per_s_per_replica": pool.prefill_tokens_per_s_per_replica,
-        "max_seqs_per_replica_at_itl_slo": pool.max_seqs_per_replica,
-        "target_kv_usage": pool.target_kv_usage, "scale_down_headroom": pool.scale_down_headroom,
+        "prefill_tokens_per_s_per_replica": pool.capacity.prefill_tokens_per_second,
+        "max_seqs_per_replica_at_itl_slo": pool.capacity.max_sequences,
+        "target_kv_usage": pool.capacity.target_kv_usage,
+        "scale_down_headroom": pool.capacity.scale_down_headroom,
         "pending_timeout_s": autoscaling.pending_timeout_s,
         "enabled": mode.pool_scaling_mode(autoscaling, pool) is ScalingMode.OPERATOR,
     }
