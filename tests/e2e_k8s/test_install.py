@@ -36,12 +36,12 @@ def on_cpu(manifest: dict) -> dict:
     return manifest
 
 
-async def install_minimal(cluster: Cluster, tmp_path) -> dict:
-    """The model claim, the API-key Secret the example names, then the example (the `operator`
-    fixture has installed the chart's CRD)."""
+async def install_minimal(cluster: Cluster, tmp_path, example: dict | None = None) -> dict:
+    """The model claim, the API-key Secret the example names, then the example (by default the
+    minimal one on CPU; the `operator` fixture has installed the chart's CRD)."""
     from tandem.engine.tiny_model import make_tiny_model
 
-    example = on_cpu(yaml.safe_load(EXAMPLE.read_text()))
+    example = example or on_cpu(yaml.safe_load(EXAMPLE.read_text()))
     model = example["spec"]["model"]
     claim = tmp_path / "models-volume"
     make_tiny_model(claim / model["pvc"]["path"], arch="llama", seed=0)
