@@ -237,7 +237,7 @@ class PhaseAutoscaler:
         observed, slo, label = _observed_latency(self.phase, metrics, self.config)
         if observed is not None and observed > slo and num <= metrics.num_ready_replicas:
             num = min(metrics.num_ready_replicas + 1, self.config.max_replicas)
-            reason = f"observed {label} P90 {observed:.3f}s > SLO {slo:.3f}s; {reason}"
+            reason = f"observed {label} P90 {observed:.3g}s > SLO {slo:.3g}s; {reason}"
         return Recommendation(num, load, reason)
 
     def meets_slo_on(self, metrics: PoolMetrics, num_replicas: int) -> bool:
@@ -311,7 +311,7 @@ class UtilizationAutoscaler:
                   util / self.target_utilization}
         observed, slo, label = _observed_latency(self.phase, metrics, self.config)
         if observed is not None:
-            ratios[f"observed {label} P90 {observed:.3f}s vs SLO {slo:.3f}s"] = observed / slo
+            ratios[f"observed {label} P90 {observed:.3g}s vs SLO {slo:.3g}s"] = observed / slo
         counts = {name: self._replicas(ready, ratio) for name, ratio in ratios.items()}
         if ready == 0:
             counts = {"no ready replica to measure": metrics.num_desired_replicas}

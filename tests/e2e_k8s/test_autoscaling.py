@@ -9,6 +9,10 @@ when it is told to stop, and every request must end OK (the worker drains before
 Then long prompts, which go through the prefill pool, grow that pool; with the load gone both
 pools are back to one pod. Pod counts are sampled every second and written with every request's
 outcome to `autoscaling.json` in the test's tmp dir; `-s` prints them as a table.
+
+The latency path has its own test: capacity that never asks for a second pod and an inter-token
+SLO no CPU worker meets, so only the router's ITL histogram, scraped from the router pod and
+attributed to the decode pool by model, can grow that pool.
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ PREFILL = {"minReplicas": 1, "maxReplicas": 2, "capacity": {"prefillTokensPerSec
 NUM_RAMP_STREAMS = 6  # 6 sequences at 2 per replica: more than one decode pod holds
 NUM_LIGHT_STREAMS = 2  # exactly one decode pod's capacity: the pool may shrink under it
 NUM_LONG_PROMPT_STREAMS = 2
-MAX_TOKENS = {"ramp": 160, "scale-down": 400, "prefill-ramp": 4}
+MAX_TOKENS = {"ramp": 160, "scale-down": 400, "prefill-ramp": 4, "itl": 200}
 LONG_PROMPT_WORDS = 120  # about 700 tokens: above the router's 512-token disaggregation threshold
 CLIENT_TIMEOUT_S = 120  # far longer than any request here takes: reaching it means it hung
 
@@ -304,3 +308,55 @@ def _generation(cluster: Cluster, example: dict) -> int:
     live = cluster.api.get(resource, NAMESPACE, example["metadata"]["name"])
     return live["metadata"]["generation"]
 
+
+# Capacity alone never asks for a second pod; the inter-token SLO is far below a CPU worker's.
+LATENCY_AUTOSCALING = {**AUTOSCALING, "itlSloSeconds": 0.0005}
+LATENCY_DECODE = {"minReplicas": 1, "maxReplicas": 2,
+                  "capacity": {"maxSequences": 1000, "targetKvUsage": 1.0}}
+LATENCY_PREFILL = {"minReplicas": 1, "maxReplicas": 2,
+                   "capacity": {"prefillTokensPerSecond": 1_000_000}}
+NUM_ITL_STREAMS = 3
+
+
+async def test_the_routers_inter_token_latency_grows_the_decode_pool(cluster: Cluster, operator,
+                                                                     tmp_path):
+    example = await install_minimal(cluster, tmp_path)
+    name, model = example["metadata"]["name"], example["spec"]["model"]["name"]
+    spec = example["spec"]
+    await cluster.apply({**example, "spec": {
+        "autoscaling": LATENCY_AUTOSCALING, "prefill": {**spec["prefill"], **LATENCY_PREFILL},
+        "decode": {**spec["decode"], **LATENCY_DECODE}}}, NAMESPACE)
+    timeline = Timeline(cluster, name)
+    sampler = asyncio.create_task(timeline.run())
+    outcomes: list[dict] = []
+    reasons: list[str] = []  # the decode pool's distinct decisions, in order
+
+    def decode_scaled_up() -> bool:
+        for decision in td_status(cluster, name).get("autoscaling", {}).get("pools", []):
+            if decision["phase"] == "decode" and decision["reason"] not in reasons[-1:]:
+                reasons.append(decision["reason"])
+        return timeline.pods("decode") == (2, 2)
+
+    try:
+        await cluster.wait_for(lambda: condition(td_status(cluster, name), "Ready").get("status")
+                               == "True", f"{name} Ready", timeout_s=300)
+        http = (await cluster.wait_for(
+            lambda: cluster.ready_addresses(NAMESPACE, f"{name}-router", "http"), "the router"))[0]
+        client = openai.AsyncOpenAI(base_url=f"http://{http}/v1", api_key=API_KEY,
+                                    timeout=CLIENT_TIMEOUT_S, max_retries=0)
+        await run_load(client, model, timeline, outcomes, "itl", NUM_ITL_STREAMS,
+                       decode_scaled_up, "the decode pool scaled up to 2 ready pods on its ITL",
+                       timeout_s=120)
+        await client.close()
+    finally:
+        sampler.cancel()
+        timeline.sample()
+        print(f"\npod counts (ready/desired) when anything changed:\n{timeline.table()}")
+        print("decode decisions:\n" + "\n".join(reasons))
+        print(f"requests: {_summary(outcomes)}")
+
+    failed = [o for o in outcomes if not o["outcome"].startswith("OK ")]
+    assert outcomes and not failed, f"requests that did not end OK: {failed}"
+    assert any(r.startswith("scale up 1->2: observed inter-token P90") for r in reasons), reasons
+    assert {(s["prefill_ready"], s["prefill_desired"]) for s in timeline.samples
+            if s["phase"] == "itl"} == {(1, 1)}
