@@ -11,6 +11,8 @@ import contextlib
 import uuid
 from typing import Any
 
+import aiohttp
+
 from tests.cluster.api import EVENTS, Api, ApiError
 
 
@@ -46,5 +48,7 @@ class EventRecorder:
         task.add_done_callback(self._tasks.discard)
 
     async def _post(self, event: dict[str, Any]) -> None:
-        with contextlib.suppress(ApiError):
+        # Events are best effort, as the kubelet's: a refused post, or one cut off by the API
+        # going away at the end of a test, loses that event only.
+        with contextlib.suppress(ApiError, aiohttp.ClientError):
             await self._api.create(EVENTS, event)
