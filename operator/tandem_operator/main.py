@@ -38,7 +38,10 @@ async def reconcile_deployment(**kwargs: Any) -> None:
     await reconcile.reconcile_deployment(**kwargs)
 
 
-@kopf.daemon(GROUP, VERSION, PLURAL, backoff=15, cancellation_timeout=10)
+# The daemon exits on its own once told to stop (it waits on `stopped`): give it that chance
+# before kopf cancels it. A cancel that lands as its tick's wait times out leaves kopf's waiting
+# task failed with TimeoutError, which kopf then raises from the operator on exit.
+@kopf.daemon(GROUP, VERSION, PLURAL, backoff=15, cancellation_backoff=5, cancellation_timeout=10)
 async def watch_pools(**kwargs: Any) -> None:
     """Refreshes status and autoscales the pools at the spec's interval."""
     await pools.watch_pools(**kwargs)

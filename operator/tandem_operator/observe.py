@@ -31,12 +31,14 @@ class Observation:
 
 async def observe_and_scale(kube: KubeClient, owner: Owner, spec: DeploymentSpec,
                             autoscaler: DeploymentAutoscaler, now: float,
-                            previous: Mapping[str, Any]) -> Observation | None:
+                            previous: Mapping[str, Any], generation: int | None) -> Observation | None:
     """Reconciles again (objects deleted by hand come back), reads the pools, runs the autoscaler
     on them and writes the status, with any problem that still stands; None before the reconciler
-    has created any workload."""
+    has created any workload. `generation` is the one `spec` was read from: once this tick has
+    applied that spec, the status says so, even if the change handler has not run (yet)."""
     outcome = await converge(kube, owner, spec)
     problem = outcome if isinstance(outcome, Problem) else None
+    observed = previous.get("observedGeneration") if problem or generation is None else generation
     deployments = await list_owned(kube, owner, "Deployment")
     if not deployments:
         return None
@@ -45,10 +47,9 @@ async def observe_and_scale(kube: KubeClient, owner: Owner, spec: DeploymentSpec
     if any(decision.is_change for decision in decisions):
         states = {state.name: state for state in
                   map(workload_state, await list_owned(kube, owner, "Deployment"))}
-    status = build_status(spec, previous.get("observedGeneration"), states.values(), previous,
-                          problem)
+    status = build_status(spec, observed, states.values(), previous, problem)
     status["conditions"].append(replicas_stalled_condition(
-        decisions, previous.get("conditions"), previous.get("observedGeneration")))
+        decisions, previous.get("conditions"), observed))
     status["autoscaling"] = {"enabled": spec.autoscaling.is_enabled,
                              "pools": [decision.as_status() for decision in decisions]}
     observation = Observation(status, decisions)

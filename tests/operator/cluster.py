@@ -93,7 +93,7 @@ def writes(k8s: kmock.KubernetesEmulator, resource: kmock.resource) -> list[kmoc
             and request.method in (kmock.method.POST, kmock.method.PATCH, kmock.method.DELETE)]
 
 
-async def wait_for(condition: Callable[[], bool], timeout_s: float = 20.0) -> None:
+async def wait_for(condition: Callable[[], bool], timeout_s: float = 60.0) -> None:
     """Polls until `condition()` holds (the operator reacts asynchronously); fails after a limit."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s

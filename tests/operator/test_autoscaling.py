@@ -25,7 +25,7 @@ from tandem_operator.observe import observe_and_scale
 from tandem_operator.parsing import parse_spec
 from tandem_operator.reconcile import reconcile
 from tests.operator.cluster import (DEPLOYMENTS, IMAGE, NAMESPACE, TD, create_td, live, mark_ready,
-                                    writes)
+                                    patch_td, writes)
 
 TICK_S = 15.0
 
@@ -96,9 +96,10 @@ class Loop:
         if is_ready:
             mark_ready(self.k8s)
         self.now += TICK_S
-        previous = dict(self.k8s.objects[TD, NAMESPACE, self.owner.name].raw.get("status") or {})
+        raw = self.k8s.objects[TD, NAMESPACE, self.owner.name].raw
         return await observe_and_scale(self.kube, self.owner, self.spec, self.autoscaler,
-                                       self.now, previous)
+                                       self.now, dict(raw.get("status") or {}),
+                                       raw.get("metadata", {}).get("generation"))
 
     def replicas(self) -> dict[str, int]:
         """Replicas by pool role."""
@@ -331,3 +332,16 @@ async def test_a_pool_driven_by_an_external_scaler_is_never_written(k8s, kube, s
     pools = {p["phase"]: p["mode"] for p in loop.status()["autoscaling"]["pools"]}
     assert pools == {"prefill": "operator", "decode": "external"}
     assert not [q for q in series.queries if 'tandem_role="decode"' in q]  # never read
+
+
+async def test_a_tick_that_applied_the_spec_reports_its_generation(start):
+    """The tick reconciles the spec it read; the status then names that spec's generation, so
+    Ready does not depend on the change handler having run after a restart."""
+    loop = await start()
+    await loop.tick()
+    generation = loop.k8s.objects[TD, NAMESPACE, "llama"].raw["metadata"]["generation"]
+    assert loop.status()["observedGeneration"] == generation
+    await patch_td(loop.k8s, "llama", {"spec": {"decode": {"maxReplicas": 3}}})  # no handler runs
+    loop.spec = parse_spec(loop.k8s.objects[TD, NAMESPACE, "llama"].raw["spec"], "llama", IMAGE)
+    await loop.tick()
+    assert loop.status()["observedGeneration"] == generation + 1

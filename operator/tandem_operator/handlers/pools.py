@@ -27,6 +27,8 @@ async def watch_pools(*, stopped: kopf.DaemonStopped, body: kopf.Body, name: str
     # kopf may still start a daemon while it shuts down, after the clients are closed.
     while not stopped and not context.is_closed:
         interval = DEFAULT_INTERVAL_S
+        # The spec and its generation from one snapshot of the body.
+        generation = body.get("metadata", {}).get("generation")
         try:
             spec = parse_spec(dict(body.get("spec") or {}), name, context.options.worker_image)
         except ValueError:
@@ -34,8 +36,9 @@ async def watch_pools(*, stopped: kopf.DaemonStopped, body: kopf.Body, name: str
         if spec is not None:
             interval = spec.autoscaling.interval_s
             try:
-                observation = await observe_and_scale(context.kube, owner, spec, autoscaler,
-                                                       loop.time(), dict(body.get("status") or {}))
+                observation = await observe_and_scale(
+                    context.kube, owner, spec, autoscaler, loop.time(),
+                    dict(body.get("status") or {}), generation)
             except KubeError as exc:
                 logger.warning("pool observation failed, retrying next tick: %s", exc)
                 kopf.warn(body, reason="ApiError", message=str(exc))
