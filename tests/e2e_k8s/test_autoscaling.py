@@ -55,6 +55,16 @@ LONG_PROMPT_WORDS = 120  # about 700 tokens: above the router's 512-token disagg
 CLIENT_TIMEOUT_S = 120  # far longer than any request here takes: reaching it means it hung
 
 
+
+async def ready_router_client(cluster: Cluster, name: str) -> openai.AsyncOpenAI:
+    """Waits for the TandemDeployment to be Ready; an OpenAI client at its router pod."""
+    await cluster.wait_for(lambda: condition(td_status(cluster, name), "Ready").get("status")
+                           == "True", f"{name} Ready", timeout_s=300)
+    http = (await cluster.wait_for(
+        lambda: cluster.ready_addresses(NAMESPACE, f"{name}-router", "http"), "the router"))[0]
+    return openai.AsyncOpenAI(base_url=f"http://{http}/v1", api_key=API_KEY,
+                              timeout=CLIENT_TIMEOUT_S, max_retries=0)
+
 class Timeline:
     """Ready/desired pods per pool, sampled every second, and the streams in flight."""
 
@@ -177,12 +187,7 @@ async def test_each_pool_scales_with_its_phase_load_and_scale_down_fails_no_requ
     sampler = asyncio.create_task(timeline.run())
     outcomes: list[dict] = []
     try:
-        await cluster.wait_for(lambda: condition(td_status(cluster, name), "Ready").get("status")
-                               == "True", f"{name} Ready", timeout_s=300)
-        http = (await cluster.wait_for(
-            lambda: cluster.ready_addresses(NAMESPACE, f"{name}-router", "http"), "the router"))[0]
-        client = openai.AsyncOpenAI(base_url=f"http://{http}/v1", api_key=API_KEY,
-                                    timeout=CLIENT_TIMEOUT_S, max_retries=0)
+        client = await ready_router_client(cluster, name)
 
         # The ramp: overlapping long streams, more than one decode pod's capacity.
         await run_load(client, model, timeline, outcomes, "ramp", NUM_RAMP_STREAMS,
@@ -338,12 +343,7 @@ async def test_the_routers_inter_token_latency_grows_the_decode_pool(cluster: Cl
         return timeline.pods("decode") == (2, 2)
 
     try:
-        await cluster.wait_for(lambda: condition(td_status(cluster, name), "Ready").get("status")
-                               == "True", f"{name} Ready", timeout_s=300)
-        http = (await cluster.wait_for(
-            lambda: cluster.ready_addresses(NAMESPACE, f"{name}-router", "http"), "the router"))[0]
-        client = openai.AsyncOpenAI(base_url=f"http://{http}/v1", api_key=API_KEY,
-                                    timeout=CLIENT_TIMEOUT_S, max_retries=0)
+        client = await ready_router_client(cluster, name)
         await run_load(client, model, timeline, outcomes, "itl", NUM_ITL_STREAMS,
                        decode_scaled_up, "the decode pool scaled up to 2 ready pods on its ITL",
                        timeout_s=120)
