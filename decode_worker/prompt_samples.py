@@ -17,8 +17,9 @@ from tandem.api.v1 import worker_pb2
 from tandem.engine.request_output import RequestOutput
 from tandem.engine.sampling_params import SamplingParams
 from tandem.engine.sequence import FinishReason
-from tandem.policy.probe_steps import ProbeStep, as_float32, tighter_thinking_budget
+from tandem.policy.probe_steps import ProbeStep, as_float32
 from tandem.serving.engine_loop import EngineFailure
+from tandem.serving.params import tighter_budget
 
 
 async def prefill_here(loop, probe, group, request: worker_pb2.DecodeRequest, prompt: list[int],
@@ -87,11 +88,4 @@ def budget_after_probe(budget: worker_pb2.DecodeBudget, probe_budgets,
                        probe_difficulty: float) -> worker_pb2.DecodeBudget:
     """The budget with the thinking cap that the request's probe steps give (never looser)."""
     steps = [ProbeStep(step.min_probe_difficulty, step.max_thinking_tokens) for step in probe_budgets]
-    current = budget.max_thinking_tokens if budget.HasField("max_thinking_tokens") else None
-    thinking = tighter_thinking_budget(current, steps, probe_difficulty)
-    if thinking is None:
-        return budget
-    refined = worker_pb2.DecodeBudget()
-    refined.CopyFrom(budget)
-    refined.max_thinking_tokens = thinking
-    return refined
+    return tighter_budget(budget, steps, probe_difficulty) or budget

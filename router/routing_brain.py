@@ -18,7 +18,8 @@ from router.auth import Tenant
 from router.errors import ErrorCode, RouterError
 from router.request_plan import BudgetDefaults, ModelEntry
 from tandem.api.v1 import inference_pb2, worker_pb2
-from tandem.policy.probe_steps import ProbeStep, probe_steps, tighter_thinking_budget
+from tandem.policy.probe_steps import ProbeStep, probe_steps
+from tandem.serving.params import tighter_budget
 
 NO_ESTIMATE = -1.0
 AUTO_MODEL = "auto"
@@ -92,16 +93,9 @@ class RoutingBrain:
         the context, so it never grows after prefill. The steps are those a colocated request's
         decode worker applies itself, so router and worker agree on the budget.
         """
-        if first.probe_difficulty < 0 or not budget.HasField("max_thinking_tokens"):
+        if first.probe_difficulty < 0:
             return None
-        thinking = tighter_thinking_budget(budget.max_thinking_tokens, outcome.probe_steps,
-                                           first.probe_difficulty)
-        if thinking is None:
-            return None
-        tighter = worker_pb2.DecodeBudget()
-        tighter.CopyFrom(budget)
-        tighter.max_thinking_tokens = thinking
-        return tighter
+        return tighter_budget(budget, outcome.probe_steps, first.probe_difficulty)
 
 
 def policy_defaults(decision, supports_thinking: bool) -> BudgetDefaults:

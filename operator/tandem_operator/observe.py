@@ -39,7 +39,9 @@ async def observe_and_scale(kube: KubeClient, owner: Owner, spec: DeploymentSpec
     outcome = await converge(kube, owner, spec)
     problem = outcome if isinstance(outcome, Problem) else None
     observed = previous.get("observedGeneration") if problem or generation is None else generation
-    deployments = await list_owned(kube, owner, "Deployment")
+    # A reconcile that went through returns every owned Deployment as it now is.
+    deployments = (await list_owned(kube, owner, "Deployment") if problem
+                   else outcome.deployments)
     if not deployments:
         return None
     states = {state.name: state for state in map(workload_state, deployments)}

@@ -4,6 +4,21 @@ from __future__ import annotations
 
 from tandem.api.v1 import inference_pb2, worker_pb2
 from tandem.engine.sampling_params import SamplingParams
+from tandem.policy.probe_steps import ProbeStep, tighter_thinking_budget
+
+
+def tighter_budget(budget: worker_pb2.DecodeBudget, steps: list[ProbeStep],
+                       probe_difficulty: float) -> worker_pb2.DecodeBudget | None:
+    """A copy of `budget` with the thinking cap the probe steps give for this difficulty, or None
+    when they do not tighten it (the probe never loosens a budget)."""
+    current = budget.max_thinking_tokens if budget.HasField("max_thinking_tokens") else None
+    thinking = tighter_thinking_budget(current, steps, probe_difficulty)
+    if thinking is None:
+        return None
+    tighter = worker_pb2.DecodeBudget()
+    tighter.CopyFrom(budget)
+    tighter.max_thinking_tokens = thinking
+    return tighter
 
 
 def engine_params(sampling: inference_pb2.SamplingParams, tokenizer, *, max_tokens: int,
